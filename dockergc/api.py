@@ -1,0 +1,76 @@
+"""The library's entry points: what the CLI calls, usable without typer.
+
+Facts are gathered first (read-only), then marked, then planned; nothing here
+changes disk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dockergc.graph import Graph, mark
+from dockergc.measure import Usage, measure
+from dockergc.plan import Plan, Policy, candidates, make_plan
+from dockergc.store.mountinfo import MountTable
+from dockergc.store.rootinfo import (
+    DaemonConfig,
+    RootInfo,
+    check_overlay2_root,
+    locate_root,
+    read_daemon_config,
+)
+from dockergc.store.snapshot import Snapshot, gather
+
+
+@dataclass(frozen=True)
+class Target:
+    root: RootInfo
+    config: DaemonConfig | None
+
+
+def resolve_target(root: Path | None, config_file: Path) -> Target:
+    """Locate the root and refuse anything but an overlay2 root we understand."""
+    config = read_daemon_config(config_file)
+    info = locate_root(root, config)
+    check_overlay2_root(info.path, config)
+    return Target(info, config)
+
+
+def plan_root(root: Path, policy: Policy, mounts: MountTable | None = None) -> tuple[Snapshot, Graph, Plan]:
+    """Read, mark, measure the unreferenced, and plan."""
+    snap = gather(root, mounts)
+    graph = mark(snap)
+    cands = candidates(snap, graph)
+    seen: set[tuple[int, int]] = set()
+    usage: dict[str, Usage | None] = {}
+    if not graph.freeze:
+        for cand in cands:
+            usage[cand.path] = measure(os.path.join(root, cand.path), seen)
+    return snap, graph, make_plan(snap, graph, cands, usage, policy)
+
+
+def inventory(snap: Snapshot, graph: Graph) -> dict[str, Any]:
+    """What a data root holds, from metadata alone (no walk of layer contents)."""
+    layer_bytes = sum(layer.size or 0 for layer in snap.layers.layers)
+    return {
+        "root": snap.root,
+        "images": len(snap.images.images),
+        "tags": len(snap.images.tags),
+        "layers": len(snap.layers.layers),
+        "layer_bytes": layer_bytes,
+        "containers": len(snap.containers.containers),
+        "running_containers": sum(1 for c in snap.containers.containers if c.running),
+        "layer_mounts": len(snap.layers.mounts),
+        "overlay2_dirs": len(snap.overlay.dirs),
+        "short_links": len(snap.overlay.links),
+        "buildkit_snapshots": len(snap.buildkit.snapshot_keys),
+        "live_dirs": len(graph.live),
+        "unreferenced_dirs": len({d.name for d in snap.overlay.dirs} - set(graph.live)),
+        "mount_namespaces": snap.mount_namespaces,
+        "pinned_paths": len(snap.pinned),
+        "frozen": list(graph.freeze),
+        "findings": [f.as_dict() for f in snap.findings],
+    }

@@ -1,0 +1,181 @@
+"""Mark: which overlay2 dirs and short links does anything still reference?
+
+Roots are every layerdb layer, every layerdb mount record (containers, builders,
+type=image mounts alike), every BuildKit record, and every live mount in any mount
+namespace. From live dirs, ``lower`` files reach their parents. Whatever is reached
+is kept, with the reason it was reached.
+
+Inconsistent state (an image naming a layer layerdb lacks, a container without a
+mount record, records we cannot read) *freezes* deletion of layer dirs: we cannot
+tell which dir the missing record meant, so we refuse rather than guess.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass
+
+from dockergc.store.ids import is_hex64
+from dockergc.store.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class Graph:
+    live: dict[str, str]  # overlay2 dir name -> first reason it is kept
+    live_links: dict[str, str]  # short link name -> reason
+    pending: dict[str, str]  # dir name -> "-removing" layerdb entry that still names it
+    link_owner: dict[str, str]  # short link -> dir name (from link files, then l/ targets)
+    freeze: tuple[str, ...]  # why no layer dir may be deleted in this run
+    broken: tuple[str, ...]  # references to things that do not exist (reported)
+
+
+def is_layer_dir_name(name: str) -> bool:
+    """Names dockergc may ever delete: the daemon's 64-hex ids and their -init twins."""
+    base = name[:-5] if name.endswith("-init") else name
+    return is_hex64(base)
+
+
+def _short(name: str) -> str:
+    return name[:12]
+
+
+class _Marker:
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.dirs = {d.name: d for d in snap.overlay.dirs}
+        self.live: dict[str, str] = {}
+        self.live_links: dict[str, str] = {}
+        self.freeze: list[str] = []
+        self.broken: list[str] = []
+        self.link_owner: dict[str, str] = {}
+        for link in snap.overlay.links:
+            if link.target_dir:
+                self.link_owner[link.short] = link.target_dir
+        for d in snap.overlay.dirs:
+            if d.link:  # a dir's own link file wins over what l/ says
+                self.link_owner[d.link] = d.name
+        self.queue: deque[str] = deque()
+
+    def keep(self, name: str, reason: str) -> None:
+        if name not in self.live:
+            self.live[name] = reason
+            self.queue.append(name)
+
+    def mark_roots(self) -> None:
+        snap = self.snap
+        tags_by_image: dict[str, list[str]] = {}
+        for ref, image_id in snap.images.tags.items():
+            tags_by_image.setdefault(image_id, []).append(ref)
+        users: dict[str, str] = {}
+        for image in snap.images.images:
+            label = ", ".join(sorted(tags_by_image.get(image.id, []))) or _short(image.id[7:])
+            for chain in image.chain_ids:
+                users.setdefault(chain, f"image {label}")
+        for layer in snap.layers.layers:
+            who = users.get(layer.chain_id, "no image (kept while layerdb holds it)")
+            self.keep(layer.cache_id, f"layer {_short(layer.chain_id[7:])} of {who}")
+        containers = {c.id: c for c in snap.containers.containers}
+        for mount in snap.layers.mounts:
+            owner = containers.get(mount.name)
+            who = f"container {owner.name or _short(owner.id)}" if owner else (
+                f"mount record {_short(mount.name)} (builder or image mount; no container dir)"
+            )
+            self.keep(mount.mount_id, f"rw layer of {who}")
+            if mount.init_id:
+                self.keep(mount.init_id, f"init layer of {who}")
+        for key in sorted(snap.buildkit.snapshot_keys):
+            if key in self.dirs:
+                self.keep(key, "BuildKit snapshot (buildkit/snapshots.db)")
+        for name in self.dirs:
+            base = name[:-5] if name.endswith("-init") else name
+            if base in snap.buildkit.hex_ids:
+                self.keep(name, "its id occurs in BuildKit's records (buildkit/*.db)")
+        self._mark_pins()
+
+    def _mark_pins(self) -> None:
+        overlay = os.path.join(self.snap.root, "overlay2") + "/"
+        for path, why in sorted(self.snap.pinned.items()):
+            if not path.startswith(overlay):
+                continue
+            parts = path[len(overlay) :].split("/")
+            if parts[0] == "l" and len(parts) > 1:
+                self.live_links[parts[1]] = why
+                target = self.link_owner.get(parts[1])
+                if target:
+                    self.keep(target, f"mounted: {why}")
+                else:
+                    self.freeze.append(f"a live mount uses l/{parts[1]}, which names no dir")
+            elif parts[0]:
+                self.keep(parts[0], f"mounted: {why}")
+
+    def propagate(self) -> None:
+        while self.queue:
+            name = self.queue.popleft()
+            d = self.dirs.get(name)
+            if d is None:
+                self.broken.append(f"{self.live[name]} names overlay2/{name}, which is missing")
+                continue
+            if not d.lower_ok:
+                self.freeze.append(f"live layer overlay2/{name} has an unreadable lower file")
+            for short in d.lower:
+                self.live_links.setdefault(short, f"lower of live layer {_short(name)}")
+                parent = self.link_owner.get(short)
+                if parent is None:
+                    self.freeze.append(
+                        f"live layer overlay2/{name} lists l/{short}, which names no dir"
+                    )
+                else:
+                    self.keep(parent, f"lower layer of live overlay2/{_short(name)}")
+            if d.link:
+                self.live_links.setdefault(d.link, f"short link of live layer {_short(name)}")
+
+    def check_consistency(self) -> None:
+        snap = self.snap
+        known_chains = {layer.chain_id for layer in snap.layers.layers}
+        for image in snap.images.images:
+            missing = [c for c in image.chain_ids if c not in known_chains]
+            if missing:
+                self.freeze.append(
+                    f"image {_short(image.id[7:])} needs layer {_short(missing[0][7:])}, "
+                    "which layerdb lacks"
+                )
+        for path in snap.images.unreadable:
+            self.freeze.append(f"image config {path} is unreadable: its layers are unknown")
+        for name in snap.layers.unreadable_layers:
+            self.freeze.append(f"layerdb entry {name} has no usable cache-id")
+        for name in snap.layers.unreadable_mounts:
+            self.freeze.append(f"layerdb mount record {name} is unreadable")
+        mounts = {m.name for m in snap.layers.mounts}
+        for c in snap.containers.containers:
+            if c.id not in mounts and c.driver in (None, "overlay2"):
+                self.freeze.append(
+                    f"container {_short(c.id)} has no layerdb mount record; its rw dir is unknown"
+                )
+        for cid in snap.containers.unreadable:
+            self.freeze.append(f"container {_short(cid)} config is unreadable")
+        for path in snap.buildkit.unreadable:
+            self.freeze.append(f"BuildKit records {path} are unreadable")
+
+    def pending(self) -> dict[str, str]:
+        return {
+            r.cache_id: r.name
+            for r in self.snap.layers.removing
+            if r.cache_id and r.cache_id not in self.live
+        }
+
+
+def mark(snap: Snapshot) -> Graph:
+    """Return every live dir and link with its reason, and any reason to freeze."""
+    marker = _Marker(snap)
+    marker.mark_roots()
+    marker.propagate()
+    marker.check_consistency()
+    return Graph(
+        live=dict(sorted(marker.live.items())),
+        live_links=dict(sorted(marker.live_links.items())),
+        pending=marker.pending(),
+        link_owner=marker.link_owner,
+        freeze=tuple(dict.fromkeys(marker.freeze)),
+        broken=tuple(dict.fromkeys(marker.broken)),
+    )

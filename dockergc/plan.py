@@ -1,0 +1,328 @@
+"""Plan: graph + measurements + policy -> actions. Pure; nothing here touches disk.
+
+A dry run renders the plan; only the executor ever acts on one. Every candidate
+that is not acted on is listed in ``kept`` with its reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from dockergc.errors import PlanFileError
+from dockergc.graph import Graph, is_layer_dir_name
+from dockergc.measure import Usage
+from dockergc.store.snapshot import Snapshot
+
+PLAN_VERSION = 1
+
+# Execution order: moby removes l/<link> before the dir, metadata last.
+KINDS = ("orphan-link", "dangling-link", "stale-init", "orphan-layer", "removing-layer", "write-set")
+KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
+
+
+@dataclass(frozen=True)
+class Policy:
+    min_age: float = 3600.0  # seconds; younger candidates may belong to an in-flight pull/build
+    excludes: tuple[str, ...] = ()
+    now: float = field(default_factory=time.time)
+
+    def excluded(self, rel_path: str) -> str | None:
+        name = rel_path.rsplit("/", 1)[-1]
+        for pattern in self.excludes:
+            if fnmatch.fnmatchcase(rel_path, pattern) or fnmatch.fnmatchcase(name, pattern):
+                return pattern
+        return None
+
+
+@dataclass(frozen=True)
+class Action:
+    id: str
+    kind: str
+    path: str  # relative to the root
+    bytes: int
+    age_seconds: int
+    reason: str
+    evidence: tuple[str, ...]
+    dev: int  # identity when planned: the executor refuses a path that changed
+    ino: int
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["evidence"] = list(self.evidence)
+        return d
+
+
+@dataclass(frozen=True)
+class Kept:
+    path: str
+    kind: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "kind": self.kind, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Something the graph does not reach; the planner decides whether to act."""
+
+    kind: str
+    path: str
+    reason: str
+    evidence: tuple[str, ...]
+    depends_on: str | None = None  # e.g. an orphan link waits on its dir's verdict
+
+
+@dataclass(frozen=True)
+class Plan:
+    version: int
+    root: str
+    created: str
+    min_age_seconds: float
+    excludes: tuple[str, ...]
+    actions: tuple[Action, ...]
+    kept: tuple[Kept, ...]
+    frozen: tuple[str, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(a.bytes for a in self.actions)
+
+    def totals(self) -> dict[str, Any]:
+        by_kind: dict[str, dict[str, int]] = {}
+        for a in self.actions:
+            slot = by_kind.setdefault(a.kind, {"count": 0, "bytes": 0})
+            slot["count"] += 1
+            slot["bytes"] += a.bytes
+        return {
+            "actions": len(self.actions),
+            "bytes": self.bytes,
+            "kept": len(self.kept),
+            "by_kind": dict(sorted(by_kind.items())),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "root": self.root,
+            "created": self.created,
+            "policy": {"min_age_seconds": self.min_age_seconds, "excludes": list(self.excludes)},
+            "frozen": list(self.frozen),
+            "actions": [a.as_dict() for a in self.actions],
+            "kept": [k.as_dict() for k in self.kept],
+            "totals": self.totals(),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Plan:
+        """Rebuild a saved plan; anything not of the expected shape is a PlanFileError."""
+        try:
+            if doc.get("version") != PLAN_VERSION:
+                raise PlanFileError(f"plan version {doc.get('version')!r} is not {PLAN_VERSION}")
+            policy = doc.get("policy") or {}
+            actions = tuple(
+                Action(
+                    id=str(a["id"]),
+                    kind=_known_kind(a["kind"]),
+                    path=_safe_rel(a["path"]),
+                    bytes=int(a["bytes"]),
+                    age_seconds=int(a["age_seconds"]),
+                    reason=str(a["reason"]),
+                    evidence=tuple(str(e) for e in a["evidence"]),
+                    dev=int(a["dev"]),
+                    ino=int(a["ino"]),
+                )
+                for a in doc["actions"]
+            )
+            kept = tuple(
+                Kept(str(k["path"]), str(k["kind"]), str(k["reason"])) for k in doc.get("kept", [])
+            )
+            return cls(
+                version=PLAN_VERSION,
+                root=str(doc["root"]),
+                created=str(doc["created"]),
+                min_age_seconds=float(policy.get("min_age_seconds", 0)),
+                excludes=tuple(str(e) for e in policy.get("excludes", [])),
+                actions=actions,
+                kept=kept,
+                frozen=tuple(str(f) for f in doc.get("frozen", [])),
+            )
+        except PlanFileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PlanFileError(f"not a dockergc plan: {exc!r}") from exc
+
+
+def _known_kind(kind: object) -> str:
+    if kind not in KIND_ORDER:
+        raise PlanFileError(f"unknown action kind {kind!r}")
+    return str(kind)
+
+
+def _safe_rel(path: object) -> str:
+    text = str(path)
+    parts = text.split("/")
+    if text.startswith("/") or ".." in parts or "" in parts or "." in parts:
+        raise PlanFileError(f"action path {text!r} is not a plain path inside the root")
+    return text
+
+
+def action_id(kind: str, path: str) -> str:
+    return hashlib.sha256(f"{kind}\0{path}".encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def candidates(snap: Snapshot, graph: Graph) -> list[Candidate]:
+    """What nothing references, with the evidence of each check made."""
+    out: list[Candidate] = []
+    namespaces = f"not mounted in any of {snap.mount_namespaces} mount namespaces"
+    dir_names = {d.name: d for d in snap.overlay.dirs}
+    for d in snap.overlay.dirs:
+        if d.name in graph.live or not is_layer_dir_name(d.name):
+            continue
+        rel = f"overlay2/{d.name}"
+        link_note = f"its link l/{d.link} is in no live lower file" if d.link else "has no link"
+        if d.name.endswith("-init"):
+            out.append(Candidate("stale-init", rel, "init layer of a container that is gone", (
+                f"no layerdb mount record has init-id {d.name}",
+                link_note, "not named in BuildKit's records", namespaces,
+            )))
+        elif d.name in graph.pending:
+            out.append(Candidate("orphan-layer", rel, "layer whose deletion was interrupted", (
+                f"only layerdb/sha256/{graph.pending[d.name]} names it (pending removal)",
+                "no mount record names it", link_note, namespaces,
+            )))
+        else:
+            out.append(Candidate("orphan-layer", rel, "layer dir no metadata references", (
+                f"no layerdb entry has cache-id {d.name}",
+                "no layerdb mount record names it", link_note,
+                "not named in BuildKit's records", namespaces,
+            )))
+    for link in snap.overlay.links:
+        rel = f"overlay2/l/{link.short}"
+        if link.short in graph.live_links or link.target_dir is None:
+            continue
+        if link.target_dir in graph.live:
+            continue
+        if not link.target_exists:
+            out.append(Candidate("dangling-link", rel, "short link to a dir that is gone", (
+                f"target {link.target} does not exist", "no live lower file lists it",
+            )))
+        elif link.target_dir in dir_names and is_layer_dir_name(link.target_dir):
+            out.append(Candidate("orphan-link", rel, "short link of an orphaned layer dir", (
+                f"target {link.target} is itself unreferenced", "no live lower file lists it",
+            ), depends_on=f"overlay2/{link.target_dir}"))
+    for r in snap.layers.removing:
+        out.append(Candidate("removing-layer", f"image/overlay2/layerdb/sha256/{r.name}",
+                             "layerdb entry left mid-deletion", (
+            "named *-removing: the daemon was deleting this layer when it stopped",
+            f"its cache-id dir {'overlay2/' + r.cache_id if r.cache_id else '(none)'} is "
+            + ("kept live by another reference" if r.cache_id in graph.live else "not live"),
+        ), depends_on=f"overlay2/{r.cache_id}" if r.cache_id in dir_names else None))
+    for rel in snap.layers.write_sets:
+        out.append(Candidate("write-set", rel, "temp dir of an interrupted layer registration", (
+            "layerdb/tmp/write-set-* is never cleaned by the daemon",
+        )))
+    return out
+
+
+def _pin_reason(snap: Snapshot, rel: str) -> str | None:
+    absolute = f"{snap.root}/{rel}"
+    for path, why in snap.pinned.items():
+        if path == absolute or path.startswith(absolute + "/"):
+            return why
+    return None
+
+
+def make_plan(
+    snap: Snapshot,
+    graph: Graph,
+    cands: list[Candidate],
+    usage: Mapping[str, Usage | None],
+    policy: Policy,
+) -> Plan:
+    """Decide each candidate: act, or keep with a reason."""
+    actions: list[Action] = []
+    kept: list[Kept] = [Kept(f.path, f.kind, f.message) for f in snap.findings]
+    kept += [
+        Kept(f"overlay2/{d.name}", "unknown-dir", "name is not a Docker layer id; never deleted")
+        for d in snap.overlay.dirs
+        if d.name not in graph.live and not is_layer_dir_name(d.name)
+    ]
+    kept += [Kept("", "broken-reference", b) for b in graph.broken]
+    acted: set[str] = set()
+    for cand in sorted(cands, key=lambda c: (c.depends_on is not None, c.path)):
+        reason = _keep_reason(snap, graph, cand, usage.get(cand.path), policy, acted)
+        if reason:
+            kept.append(Kept(cand.path, cand.kind, reason))
+            continue
+        u = usage[cand.path]
+        assert u is not None
+        age = max(0, int(policy.now - u.newest_change))
+        acted.add(cand.path)
+        actions.append(Action(
+            id=action_id(cand.kind, cand.path), kind=cand.kind, path=cand.path, bytes=u.bytes,
+            age_seconds=age, reason=cand.reason,
+            evidence=cand.evidence + (f"newest change {_ago(age)} ago",),
+            dev=u.dev, ino=u.ino,
+        ))
+    actions.sort(key=lambda a: (KIND_ORDER[a.kind], a.path))
+    kept.sort(key=lambda k: (k.path, k.kind))
+    return Plan(
+        version=PLAN_VERSION,
+        root=snap.root,
+        created=datetime.fromtimestamp(policy.now, UTC).isoformat(timespec="seconds"),
+        min_age_seconds=policy.min_age,
+        excludes=policy.excludes,
+        actions=tuple(actions),
+        kept=tuple(kept),
+        frozen=graph.freeze,
+    )
+
+
+def _keep_reason(
+    snap: Snapshot,
+    graph: Graph,
+    cand: Candidate,
+    u: Usage | None,
+    policy: Policy,
+    acted: set[str],
+) -> str | None:
+    if graph.freeze:
+        return "frozen: " + graph.freeze[0] + (
+            f" (+{len(graph.freeze) - 1} more)" if len(graph.freeze) > 1 else ""
+        )
+    pattern = policy.excluded(cand.path)
+    if pattern:
+        return f"excluded by --exclude {pattern}"
+    if cand.depends_on and cand.depends_on not in acted:
+        return f"kept with {cand.depends_on}, which is kept"
+    pin = _pin_reason(snap, cand.path)
+    if pin:
+        return f"mounted: {pin}"
+    if u is None:
+        return "vanished while measured"
+    if u.other_mounts:
+        return f"contains another filesystem at {u.other_mounts[0]}"
+    if u.errors:
+        return f"could not be measured: {u.errors[0]}"
+    age = policy.now - u.newest_change
+    if age < policy.min_age:
+        return (
+            f"younger than the grace period ({_ago(age)} < {_ago(policy.min_age)}): "
+            "an in-flight pull, build or create may own it"
+        )
+    return None
+
+
+def _ago(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"

@@ -1,0 +1,1 @@
+"""Renderers: turn records into text for people (table) or machines (JSON)."""

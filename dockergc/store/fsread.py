@@ -1,0 +1,81 @@
+"""Bounded, symlink-refusing reads of small metadata files.
+
+Every metadata file under a data root may have been planted or truncated: open it
+with O_NOFOLLOW, insist on a regular file, and cap its size before reading.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+
+
+class UnreadableFile(Exception):
+    """The file could not be read as a small regular file; ``kind`` says why."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def read_bytes(path: Path, limit: int = MAX_METADATA_BYTES) -> bytes:
+    """Read a regular file without following a symlink in its last component."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise UnreadableFile("missing", "file is missing") from exc
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: the last component is a symlink
+            raise UnreadableFile("symlink", "is a symlink, not a file") from exc
+        raise UnreadableFile("unreadable", f"cannot open: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnreadableFile("not-a-file", "is not a regular file")
+        if st.st_size > limit:
+            raise UnreadableFile("too-large", f"is {st.st_size} bytes, over the {limit} limit")
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise UnreadableFile("too-large", f"grew past the {limit} byte limit while read")
+        return data
+    except OSError as exc:
+        raise UnreadableFile("unreadable", f"cannot read: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def read_text(path: Path, limit: int = MAX_METADATA_BYTES) -> str:
+    """Read a small UTF-8 text file; bad encoding is an ``UnreadableFile``."""
+    data = read_bytes(path, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnreadableFile("bad-encoding", "is not valid UTF-8") from exc
+
+
+def list_dir(path: Path) -> list[os.DirEntry[str]]:
+    """List a directory sorted by name; a missing dir is empty, a symlinked one is refused."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return []
+    if stat.S_ISLNK(st.st_mode):
+        raise UnreadableFile("symlink", "is a symlink, not a directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnreadableFile("not-a-dir", "is not a directory")
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise UnreadableFile("unreadable", f"cannot list: {exc.strerror}") from exc

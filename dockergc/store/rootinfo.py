@@ -1,0 +1,132 @@
+"""Find the data root and decide whether it is an overlay2 root we understand.
+
+Refusing is the safe answer for anything else: aufs, devicemapper, btrfs, zfs and
+vfs roots keep layers elsewhere, and the containerd image store (the default of
+fresh Docker Engine 29 installs) keeps images under containerd's root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dockergc.errors import RefusedError, RootError, UsageError
+from dockergc.store.fsread import UnreadableFile, read_text
+
+DEFAULT_ROOT = Path("/var/lib/docker")
+DEFAULT_CONFIG = Path("/etc/docker/daemon.json")
+CONTAINERD_SNAPSHOTS = Path("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs")
+OTHER_DRIVERS = ("aufs", "devicemapper", "btrfs", "zfs", "vfs", "fuse-overlayfs")
+SYSTEM_DIRS = frozenset(
+    ["/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/proc", "/root",
+     "/run", "/sbin", "/sys", "/usr", "/var", "/var/lib", "/tmp"]
+)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    path: Path
+    data_root: Path | None
+    storage_driver: str | None
+    containerd_snapshotter: bool
+
+
+@dataclass(frozen=True)
+class RootInfo:
+    given: Path  # as the user or daemon.json named it
+    path: Path  # resolved once; every check uses this
+    source: str  # "--root", "daemon.json data-root", "default"
+
+
+def read_daemon_config(path: Path) -> DaemonConfig | None:
+    """Parse daemon.json; missing is None, malformed is a usage error (say which file)."""
+    try:
+        text = read_text(path)
+    except UnreadableFile as exc:
+        if exc.kind == "missing":
+            return None
+        raise UsageError(f"daemon config {path} {exc}") from exc
+    try:
+        doc = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"daemon config {path} is not valid JSON: {exc.msg}") from exc
+    if not isinstance(doc, dict):
+        raise UsageError(f"daemon config {path} is not a JSON object")
+    root = doc.get("data-root") or doc.get("graph")
+    driver = doc.get("storage-driver")
+    features = doc.get("features") if isinstance(doc.get("features"), dict) else {}
+    return DaemonConfig(
+        path=path,
+        data_root=Path(root) if isinstance(root, str) and root else None,
+        storage_driver=driver if isinstance(driver, str) else None,
+        containerd_snapshotter=bool(features.get("containerd-snapshotter")),
+    )
+
+
+def locate_root(given: Path | None, config: DaemonConfig | None) -> RootInfo:
+    """Pick the root (flag, daemon.json, default) and resolve a symlinked root once."""
+    if given is not None:
+        chosen, source = given, "--root"
+    elif config and config.data_root:
+        chosen, source = config.data_root, f"{config.path} data-root"
+    else:
+        chosen, source = DEFAULT_ROOT, "default"
+    if not chosen.is_absolute():
+        chosen = Path.cwd() / chosen
+    if not chosen.exists():
+        raise RootError(f"data root {chosen} does not exist", hint="pass --root PATH")
+    if not chosen.is_dir():
+        raise RootError(f"data root {chosen} is not a directory")
+    resolved = Path(os.path.realpath(chosen))
+    if str(resolved) in SYSTEM_DIRS:
+        raise RefusedError(f"refusing data root {resolved}: it is a system directory")
+    return RootInfo(given=chosen, path=resolved, source=source)
+
+
+def _config_applies(config: DaemonConfig, root: Path) -> bool:
+    named = config.data_root or DEFAULT_ROOT
+    try:
+        return os.path.realpath(named) == str(root)
+    except OSError:
+        return False
+
+
+def check_overlay2_root(root: Path, config: DaemonConfig | None) -> None:
+    """Raise RefusedError unless ``root`` is an overlay2 graphdriver root."""
+    if config and _config_applies(config, root):
+        if config.containerd_snapshotter:
+            raise RefusedError(
+                f"refusing {root}: {config.path} enables the containerd image store "
+                "(features.containerd-snapshotter); images live under /var/lib/containerd, "
+                "which dockergc does not manage"
+            )
+        if config.storage_driver and config.storage_driver != "overlay2":
+            raise RefusedError(
+                f"refusing {root}: {config.path} sets storage-driver "
+                f"{config.storage_driver!r}; dockergc understands overlay2 only"
+            )
+    has_overlay_images = (root / "image" / "overlay2").is_dir()
+    if not has_overlay_images:
+        for driver in OTHER_DRIVERS:
+            if (root / "image" / driver).is_dir():
+                raise RefusedError(
+                    f"refusing {root}: it is a {driver} root (image/{driver}); "
+                    "dockergc understands overlay2 only"
+                )
+        containerd_dirs = (root / "containerd", CONTAINERD_SNAPSHOTS)
+        if any(d.is_dir() for d in containerd_dirs):
+            raise RefusedError(
+                f"refusing {root}: no image/overlay2 here; this looks like the containerd "
+                "image store (Docker Engine 29+ default), whose images live under "
+                f"{root}/containerd or /var/lib/containerd"
+            )
+        raise RefusedError(
+            f"refusing {root}: no image/overlay2 metadata; not an overlay2 Docker data root"
+        )
+    if not (root / "overlay2").is_dir():
+        raise RefusedError(
+            f"refusing {root}: image/overlay2 exists but overlay2/ does not; "
+            "a Docker 29+ daemon would switch to the containerd image store"
+        )
