@@ -256,9 +256,11 @@ def make_plan(
     ]
     kept += [Kept("", "broken-reference", b) for b in graph.broken]
     acted: set[str] = set()
+    held: dict[str, str] = {}  # candidate path -> why it is kept
     for cand in sorted(cands, key=lambda c: (c.depends_on is not None, c.path)):
-        reason = _keep_reason(snap, graph, cand, usage.get(cand.path), policy, acted)
+        reason = _keep_reason(snap, graph, cand, usage.get(cand.path), policy, acted, held)
         if reason:
+            held[cand.path] = reason
             kept.append(Kept(cand.path, cand.kind, reason))
             continue
         u = usage[cand.path]
@@ -292,6 +294,7 @@ def _keep_reason(
     u: Usage | None,
     policy: Policy,
     acted: set[str],
+    held: Mapping[str, str],
 ) -> str | None:
     if graph.freeze:
         return "frozen: " + graph.freeze[0] + (
@@ -301,7 +304,8 @@ def _keep_reason(
     if pattern:
         return f"excluded by --exclude {pattern}"
     if cand.depends_on and cand.depends_on not in acted:
-        return f"kept with {cand.depends_on}, which is kept"
+        why = held.get(cand.depends_on, "it is live")
+        return f"kept with {cand.depends_on}: {why}"
     pin = _pin_reason(snap, cand.path)
     if pin:
         return f"mounted: {pin}"

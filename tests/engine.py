@@ -1,0 +1,164 @@
+"""A real containerd + dockerd on a private data root, for tests that need the truth.
+
+Each Engine has its own data root, exec root, sockets and pidfile under a short temp
+dir (unix socket paths are limited to 108 bytes), and never touches the host's
+/etc/docker/daemon.json or /var/lib/docker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+DOCKER = "/usr/bin/docker"  # Debian's 20.10 client: BuildKit built in
+BUSYBOX = "/usr/bin/busybox"
+
+
+def engine_available() -> str | None:
+    """None if a real engine can run here, else why not."""
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("/usr/sbin/dockerd", "/usr/bin/containerd", DOCKER, BUSYBOX):
+        if not os.path.exists(tool):
+            return f"{tool} is not installed (apt-get install docker.io busybox-static)"
+    return None
+
+
+def busybox_rootfs(dest: Path) -> Path:
+    """A minimal rootfs: busybox and its applet links."""
+    (dest / "bin").mkdir(parents=True)
+    for d in ("etc", "tmp", "dev", "proc", "sys"):
+        (dest / d).mkdir()
+    shutil.copy2(BUSYBOX, dest / "bin/busybox")
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True)
+    for applet in applets.stdout.split():
+        if applet != "busybox":
+            os.symlink("busybox", dest / "bin" / applet)
+    (dest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    return dest
+
+
+class Engine:
+    def __init__(self, base: Path | None = None) -> None:
+        self.base = base or Path(tempfile.mkdtemp(prefix="dgc-", dir="/tmp"))
+        self.root = self.base / "root"
+        self.exec_root = self.base / "exec"
+        self.sock = self.base / "d.sock"
+        self.ctd_dir = self.base / "ctd"
+        self.ctd_sock = self.ctd_dir / "c.sock"
+        self.config = self.base / "daemon.json"
+        self.config.write_text("{}\n")
+        self.ctd: subprocess.Popen[bytes] | None = None
+        self.dockerd: subprocess.Popen[bytes] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, timeout: float = 60) -> None:
+        self.ctd_dir.mkdir(parents=True, exist_ok=True)
+        toml = self.ctd_dir / "config.toml"
+        toml.write_text(
+            "version = 2\n"
+            f'root = "{self.ctd_dir}/root"\nstate = "{self.ctd_dir}/state"\n'
+            f'[grpc]\n  address = "{self.ctd_sock}"\n'
+            '[plugins."io.containerd.grpc.v1.cri"]\n  disable_tcp_service = true\n'
+        )
+        log = open(self.base / "containerd.log", "ab")  # noqa: SIM115
+        self.ctd = subprocess.Popen(["containerd", "--config", str(toml)], stdout=log, stderr=log)
+        self._wait(lambda: self.ctd_sock.exists(), timeout, "containerd socket")
+        dlog = open(self.base / "dockerd.log", "ab")  # noqa: SIM115
+        self.dockerd = subprocess.Popen(
+            ["dockerd", f"--containerd={self.ctd_sock}", "--data-root", str(self.root),
+             "--exec-root", str(self.exec_root), "--pidfile", str(self.base / "d.pid"),
+             "-H", f"unix://{self.sock}", "--config-file", str(self.config),
+             "--iptables=false", "--ip-masq=false", "--bridge=none"],
+            stdout=dlog, stderr=dlog,
+        )
+        self._wait(self._answers, timeout, "dockerd")
+
+    def _answers(self) -> bool:
+        if self.dockerd and self.dockerd.poll() is not None:
+            raise RuntimeError("dockerd exited:\n" + self.log_tail())
+        return self.sock.exists() and self.run("info", check=False).returncode == 0
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = (self.base / "dockerd.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    @staticmethod
+    def _wait(ready: object, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():  # type: ignore[operator]
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{what} did not come up in {timeout}s")
+
+    def stop(self) -> None:
+        """SIGTERM dockerd (it stops containers first), then containerd; unmount leftovers."""
+        for proc, grace in ((self.dockerd, 40), (self.ctd, 15)):
+            if proc and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.dockerd = self.ctd = None
+        self.unmount_all()
+
+    def unmount_all(self) -> None:
+        """Lazily unmount whatever is still mounted under our base dir, deepest first."""
+        base = str(self.base)
+        with open("/proc/self/mountinfo") as fh:
+            points = [line.split()[4] for line in fh if line.split()[4].startswith(base)]
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    # -- docker CLI --------------------------------------------------------------------
+
+    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+            input: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "DOCKER_BUILDKIT": "0", **(env or {})}
+        proc = subprocess.run(
+            [DOCKER, "-H", f"unix://{self.sock}", *args], capture_output=True,
+            env=full_env, input=input, timeout=timeout,
+        )
+        out = subprocess.CompletedProcess(
+            proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"),
+        )
+        if check and out.returncode != 0:
+            raise RuntimeError(f"docker {' '.join(args)} failed: {out.stderr.strip()}")
+        return out
+
+    def import_base(self, tag: str = "base:1") -> str:
+        rootfs = busybox_rootfs(self.base / "rootfs")
+        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True)
+        return self.run("import", "-", tag, input=tar.stdout).stdout.strip()
+
+    def build(self, tag: str, dockerfile: str, buildkit: bool = False,
+              files: dict[str, str] | None = None) -> None:
+        ctx = Path(tempfile.mkdtemp(dir=self.base, prefix="ctx-"))
+        (ctx / "Dockerfile").write_text(dockerfile)
+        for name, text in (files or {}).items():
+            (ctx / name).write_text(text)
+        args = ["build", "-q", "-t", tag, str(ctx)]
+        if buildkit:
+            args = ["build", "-q", "--network", "none", "-t", tag, str(ctx)]
+        self.run(*args, env={"DOCKER_BUILDKIT": "1" if buildkit else "0"})
+
+    def image_ids(self) -> list[str]:
+        out = self.run("images", "-aq", "--no-trunc").stdout.split()
+        return sorted(set(out))
+
+    def container_ids(self) -> list[str]:
+        return sorted(self.run("ps", "-aq", "--no-trunc").stdout.split())
