@@ -39,7 +39,9 @@ def resolve_target(root: Path | None, config_file: Path) -> Target:
     return Target(info, config)
 
 
-def plan_root(root: Path, policy: Policy, mounts: MountTable | None = None) -> tuple[Snapshot, Graph, Plan]:
+def plan_root(
+    root: Path, policy: Policy, mounts: MountTable | None = None
+) -> tuple[Snapshot, Graph, Plan]:
     """Read, mark, measure the unreferenced, and plan."""
     snap = gather(root, mounts)
     graph = mark(snap)

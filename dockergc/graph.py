@@ -78,8 +78,12 @@ class _Marker:
         containers = {c.id: c for c in snap.containers.containers}
         for mount in snap.layers.mounts:
             owner = containers.get(mount.name)
-            who = f"container {owner.name or _short(owner.id)}" if owner else (
-                f"mount record {_short(mount.name)} (builder or image mount; no container dir)"
+            who = (
+                f"container {owner.name or _short(owner.id)}"
+                if owner
+                else (
+                    f"mount record {_short(mount.name)} (builder or image mount; no container dir)"
+                )
             )
             self.keep(mount.mount_id, f"rw layer of {who}")
             if mount.init_id:

@@ -22,7 +22,14 @@ from dockergc.store.snapshot import Snapshot
 PLAN_VERSION = 1
 
 # Execution order: moby removes l/<link> before the dir, metadata last.
-KINDS = ("orphan-link", "dangling-link", "stale-init", "orphan-layer", "removing-layer", "write-set")
+KINDS = (
+    "orphan-link",
+    "dangling-link",
+    "stale-init",
+    "orphan-layer",
+    "removing-layer",
+    "write-set",
+)
 KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
 
 
@@ -188,21 +195,48 @@ def candidates(snap: Snapshot, graph: Graph) -> list[Candidate]:
         rel = f"overlay2/{d.name}"
         link_note = f"its link l/{d.link} is in no live lower file" if d.link else "has no link"
         if d.name.endswith("-init"):
-            out.append(Candidate("stale-init", rel, "init layer of a container that is gone", (
-                f"no layerdb mount record has init-id {d.name}",
-                link_note, "not named in BuildKit's records", namespaces,
-            )))
+            out.append(
+                Candidate(
+                    "stale-init",
+                    rel,
+                    "init layer of a container that is gone",
+                    (
+                        f"no layerdb mount record has init-id {d.name}",
+                        link_note,
+                        "not named in BuildKit's records",
+                        namespaces,
+                    ),
+                )
+            )
         elif d.name in graph.pending:
-            out.append(Candidate("orphan-layer", rel, "layer whose deletion was interrupted", (
-                f"only layerdb/sha256/{graph.pending[d.name]} names it (pending removal)",
-                "no mount record names it", link_note, namespaces,
-            )))
+            out.append(
+                Candidate(
+                    "orphan-layer",
+                    rel,
+                    "layer whose deletion was interrupted",
+                    (
+                        f"only layerdb/sha256/{graph.pending[d.name]} names it (pending removal)",
+                        "no mount record names it",
+                        link_note,
+                        namespaces,
+                    ),
+                )
+            )
         else:
-            out.append(Candidate("orphan-layer", rel, "layer dir no metadata references", (
-                f"no layerdb entry has cache-id {d.name}",
-                "no layerdb mount record names it", link_note,
-                "not named in BuildKit's records", namespaces,
-            )))
+            out.append(
+                Candidate(
+                    "orphan-layer",
+                    rel,
+                    "layer dir no metadata references",
+                    (
+                        f"no layerdb entry has cache-id {d.name}",
+                        "no layerdb mount record names it",
+                        link_note,
+                        "not named in BuildKit's records",
+                        namespaces,
+                    ),
+                )
+            )
     for link in snap.overlay.links:
         rel = f"overlay2/l/{link.short}"
         if link.short in graph.live_links or link.target_dir is None:
@@ -210,24 +244,55 @@ def candidates(snap: Snapshot, graph: Graph) -> list[Candidate]:
         if link.target_dir in graph.live:
             continue
         if not link.target_exists:
-            out.append(Candidate("dangling-link", rel, "short link to a dir that is gone", (
-                f"target {link.target} does not exist", "no live lower file lists it",
-            )))
+            out.append(
+                Candidate(
+                    "dangling-link",
+                    rel,
+                    "short link to a dir that is gone",
+                    (
+                        f"target {link.target} does not exist",
+                        "no live lower file lists it",
+                    ),
+                )
+            )
         elif link.target_dir in dir_names and is_layer_dir_name(link.target_dir):
-            out.append(Candidate("orphan-link", rel, "short link of an orphaned layer dir", (
-                f"target {link.target} is itself unreferenced", "no live lower file lists it",
-            ), depends_on=f"overlay2/{link.target_dir}"))
+            out.append(
+                Candidate(
+                    "orphan-link",
+                    rel,
+                    "short link of an orphaned layer dir",
+                    (
+                        f"target {link.target} is itself unreferenced",
+                        "no live lower file lists it",
+                    ),
+                    depends_on=f"overlay2/{link.target_dir}",
+                )
+            )
     for r in snap.layers.removing:
-        out.append(Candidate("removing-layer", f"image/overlay2/layerdb/sha256/{r.name}",
-                             "layerdb entry left mid-deletion", (
-            "named *-removing: the daemon was deleting this layer when it stopped",
-            f"its cache-id dir {'overlay2/' + r.cache_id if r.cache_id else '(none)'} is "
-            + ("kept live by another reference" if r.cache_id in graph.live else "not live"),
-        ), depends_on=f"overlay2/{r.cache_id}" if r.cache_id in dir_names else None))
+        out.append(
+            Candidate(
+                "removing-layer",
+                f"image/overlay2/layerdb/sha256/{r.name}",
+                "layerdb entry left mid-deletion",
+                (
+                    "named *-removing: the daemon was deleting this layer when it stopped",
+                    f"its cache-id dir {'overlay2/' + r.cache_id if r.cache_id else '(none)'} is "
+                    + (
+                        "kept live by another reference" if r.cache_id in graph.live else "not live"
+                    ),
+                ),
+                depends_on=f"overlay2/{r.cache_id}" if r.cache_id in dir_names else None,
+            )
+        )
     for rel in snap.layers.write_sets:
-        out.append(Candidate("write-set", rel, "temp dir of an interrupted layer registration", (
-            "layerdb/tmp/write-set-* is never cleaned by the daemon",
-        )))
+        out.append(
+            Candidate(
+                "write-set",
+                rel,
+                "temp dir of an interrupted layer registration",
+                ("layerdb/tmp/write-set-* is never cleaned by the daemon",),
+            )
+        )
     return out
 
 
@@ -267,12 +332,19 @@ def make_plan(
         assert u is not None
         age = max(0, int(policy.now - u.newest_change))
         acted.add(cand.path)
-        actions.append(Action(
-            id=action_id(cand.kind, cand.path), kind=cand.kind, path=cand.path, bytes=u.bytes,
-            age_seconds=age, reason=cand.reason,
-            evidence=cand.evidence + (f"newest change {_ago(age)} ago",),
-            dev=u.dev, ino=u.ino,
-        ))
+        actions.append(
+            Action(
+                id=action_id(cand.kind, cand.path),
+                kind=cand.kind,
+                path=cand.path,
+                bytes=u.bytes,
+                age_seconds=age,
+                reason=cand.reason,
+                evidence=cand.evidence + (f"newest change {_ago(age)} ago",),
+                dev=u.dev,
+                ino=u.ino,
+            )
+        )
     actions.sort(key=lambda a: (KIND_ORDER[a.kind], a.path))
     kept.sort(key=lambda k: (k.path, k.kind))
     return Plan(
@@ -297,8 +369,10 @@ def _keep_reason(
     held: Mapping[str, str],
 ) -> str | None:
     if graph.freeze:
-        return "frozen: " + graph.freeze[0] + (
-            f" (+{len(graph.freeze) - 1} more)" if len(graph.freeze) > 1 else ""
+        return (
+            "frozen: "
+            + graph.freeze[0]
+            + (f" (+{len(graph.freeze) - 1} more)" if len(graph.freeze) > 1 else "")
         )
     pattern = policy.excluded(cand.path)
     if pattern:

@@ -72,11 +72,25 @@ class Engine:
         self._wait(lambda: self.ctd_sock.exists(), timeout, "containerd socket")
         dlog = open(self.base / "dockerd.log", "ab")  # noqa: SIM115
         self.dockerd = subprocess.Popen(
-            ["dockerd", f"--containerd={self.ctd_sock}", "--data-root", str(self.root),
-             "--exec-root", str(self.exec_root), "--pidfile", str(self.base / "d.pid"),
-             "-H", f"unix://{self.sock}", "--config-file", str(self.config),
-             "--iptables=false", "--ip-masq=false", "--bridge=none"],
-            stdout=dlog, stderr=dlog,
+            [
+                "dockerd",
+                f"--containerd={self.ctd_sock}",
+                "--data-root",
+                str(self.root),
+                "--exec-root",
+                str(self.exec_root),
+                "--pidfile",
+                str(self.base / "d.pid"),
+                "-H",
+                f"unix://{self.sock}",
+                "--config-file",
+                str(self.config),
+                "--iptables=false",
+                "--ip-masq=false",
+                "--bridge=none",
+            ],
+            stdout=dlog,
+            stderr=dlog,
         )
         self._wait(self._answers, timeout, "dockerd")
 
@@ -125,15 +139,26 @@ class Engine:
 
     # -- docker CLI --------------------------------------------------------------------
 
-    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-            input: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *args: str,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        input: bytes | None = None,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "DOCKER_BUILDKIT": "0", **(env or {})}
         proc = subprocess.run(
-            [DOCKER, "-H", f"unix://{self.sock}", *args], capture_output=True,
-            env=full_env, input=input, timeout=timeout,
+            [DOCKER, "-H", f"unix://{self.sock}", *args],
+            capture_output=True,
+            env=full_env,
+            input=input,
+            timeout=timeout,
         )
         out = subprocess.CompletedProcess(
-            proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
+            proc.args,
+            proc.returncode,
+            proc.stdout.decode(errors="replace"),
             proc.stderr.decode(errors="replace"),
         )
         if check and out.returncode != 0:
@@ -145,8 +170,9 @@ class Engine:
         tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True)
         return self.run("import", "-", tag, input=tar.stdout).stdout.strip()
 
-    def build(self, tag: str, dockerfile: str, buildkit: bool = False,
-              files: dict[str, str] | None = None) -> None:
+    def build(
+        self, tag: str, dockerfile: str, buildkit: bool = False, files: dict[str, str] | None = None
+    ) -> None:
         ctx = Path(tempfile.mkdtemp(dir=self.base, prefix="ctx-"))
         (ctx / "Dockerfile").write_text(dockerfile)
         for name, text in (files or {}).items():

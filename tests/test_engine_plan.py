@@ -28,7 +28,9 @@ APP = """FROM base:1
 RUN echo hello > /hello.txt && mkdir -p /data/sub && echo x > /data/sub/f && echo keep > /data/k
 RUN rm /bin/vi && rm -rf /data/sub && echo y > /data/new
 """
-VICTIM = "FROM app:1\nRUN echo pulled-halfway > /victim && dd if=/dev/zero of=/blob bs=1k count=300\n"
+VICTIM = (
+    "FROM app:1\nRUN echo pulled-halfway > /victim && dd if=/dev/zero of=/blob bs=1k count=300\n"
+)
 GONE = "FROM base:1\nRUN echo being-removed > /gone\n"
 MULTI = """FROM base:1 AS build
 RUN echo built > /artifact && echo junk > /junk
@@ -46,10 +48,31 @@ def populate(e: Engine) -> dict[str, str]:
     e.build("gone:1", GONE)
     e.build("bk:1", MULTI, buildkit=True)
     e.run("volume", "create", "vol1")
-    e.run("run", "--rm", "--network", "none", "-v", "vol1:/v", "base:1", "sh", "-c",
-          "echo data > /v/x")
-    e.run("create", "--network", "none", "-v", "vol1:/v", "--name", "c_stopped", "app:1",
-          "sh", "-c", "cat /v/x /hello.txt")
+    e.run(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "vol1:/v",
+        "base:1",
+        "sh",
+        "-c",
+        "echo data > /v/x",
+    )
+    e.run(
+        "create",
+        "--network",
+        "none",
+        "-v",
+        "vol1:/v",
+        "--name",
+        "c_stopped",
+        "app:1",
+        "sh",
+        "-c",
+        "cat /v/x /hello.txt",
+    )
     e.run("start", "-a", "c_stopped")
     e.run("create", "--network", "none", "--name", "c_doomed", "base:1", "true")
     e.run("run", "-d", "--network", "none", "--name", "c_running", "app:1", "sleep", "100000")
@@ -78,8 +101,9 @@ def engine() -> Iterator[tuple[Engine, dict[str, str]]]:
 def copy_root(e: Engine) -> Engine:
     """A stopped copy of ``e``'s root in a new Engine (rsync -aHAX keeps whiteouts)."""
     twin = Engine()
-    subprocess.run(["rsync", "-aHAX", "--numeric-ids", "--sparse", f"{e.root}/", f"{twin.root}/"],
-                   check=True)
+    subprocess.run(
+        ["rsync", "-aHAX", "--numeric-ids", "--sparse", f"{e.root}/", f"{twin.root}/"], check=True
+    )
     return twin
 
 
@@ -88,7 +112,9 @@ def plan_json(root: Path, *extra: str) -> dict:
     return json.loads(out.stdout)
 
 
-def test_healthy_root_with_running_daemon_plans_nothing(engine: tuple[Engine, dict[str, str]]) -> None:
+def test_healthy_root_with_running_daemon_plans_nothing(
+    engine: tuple[Engine, dict[str, str]],
+) -> None:
     e, _ = engine
     assert "c_running" in e.run("ps", "--format", "{{.Names}}").stdout
     plan = plan_json(e.root, "--min-age", "0")
@@ -96,11 +122,15 @@ def test_healthy_root_with_running_daemon_plans_nothing(engine: tuple[Engine, di
     assert plan["actions"] == [], plan["actions"]
 
 
-def test_buildkit_records_read_from_real_snapshots_db(engine: tuple[Engine, dict[str, str]]) -> None:
+def test_buildkit_records_read_from_real_snapshots_db(
+    engine: tuple[Engine, dict[str, str]],
+) -> None:
     e, _ = engine
     tree = parse_bbolt((e.root / "buildkit/snapshots.db").read_bytes())
     keys = {k.decode() for k in tree.buckets}
-    cache_ids = {(d / "cache-id").read_text() for d in (e.root / "image/overlay2/layerdb/sha256").iterdir()}
+    cache_ids = {
+        (d / "cache-id").read_text() for d in (e.root / "image/overlay2/layerdb/sha256").iterdir()
+    }
     non_hex = {d.name for d in (e.root / "overlay2").iterdir() if len(d.name) == 25}
     assert non_hex, "the BuildKit build left no BuildKit-named dirs"
     # Every BuildKit-named dir is a bucket in snapshots.db or registered in layerdb.
@@ -170,8 +200,10 @@ def inject_crash_leftovers(root: Path, ids: dict[str, str]) -> set[tuple[str, st
     shutil.rmtree(root / "containers" / ids["doomed"])
     shutil.rmtree(img / "layerdb/mounts" / ids["doomed"])
     expected |= {
-        ("orphan-layer", f"overlay2/{mount}"), ("orphan-link", link_of(mount)),
-        ("stale-init", f"overlay2/{mount}-init"), ("orphan-link", link_of(mount + "-init")),
+        ("orphan-layer", f"overlay2/{mount}"),
+        ("orphan-link", link_of(mount)),
+        ("stale-init", f"overlay2/{mount}-init"),
+        ("orphan-link", link_of(mount + "-init")),
     }
 
     # An interrupted layer deletion: layerdb entry renamed -removing, dir not yet gone.
@@ -182,7 +214,8 @@ def inject_crash_leftovers(root: Path, ids: dict[str, str]) -> set[tuple[str, st
     (ldb / top).rename(ldb / removing)
     expected |= {
         ("removing-layer", f"image/overlay2/layerdb/sha256/{removing}"),
-        ("orphan-layer", f"overlay2/{cache}"), ("orphan-link", link_of(cache)),
+        ("orphan-layer", f"overlay2/{cache}"),
+        ("orphan-link", link_of(cache)),
     }
 
     # A dangling short link, and the temp dir of an interrupted registration.
@@ -197,8 +230,16 @@ def assert_everything_works(e: Engine) -> None:
     """Every image runs, every container starts, data, whiteouts and build cache intact."""
     for image in e.image_ids():
         e.run("run", "--rm", "--network", "none", image, "/bin/sh", "-c", "true")
-    out = e.run("run", "--rm", "--network", "none", "app:1", "sh", "-c",
-                "test ! -e /bin/vi && test ! -e /data/sub && cat /data/new /data/k").stdout
+    out = e.run(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "app:1",
+        "sh",
+        "-c",
+        "test ! -e /bin/vi && test ! -e /data/sub && cat /data/new /data/k",
+    ).stdout
     assert out.split() == ["y", "keep"]
     assert e.run("start", "-a", "c_stopped").stdout.split() == ["data", "hello"]
     assert "hello" in e.run("logs", "c_stopped").stdout

@@ -30,7 +30,9 @@ _state = {"debug": False}
 
 RootOpt = Annotated[
     Path | None,
-    typer.Option("--root", help="Docker data root [default: daemon.json data-root, else /var/lib/docker]"),
+    typer.Option(
+        "--root", help="Docker data root [default: daemon.json data-root, else /var/lib/docker]"
+    ),
 ]
 ConfigOpt = Annotated[
     Path, typer.Option("--config-file", help="The daemon's config file, read to find the root.")
@@ -38,13 +40,17 @@ ConfigOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 MinAgeOpt = Annotated[
     str,
-    typer.Option("--min-age", help="Grace period: younger candidates are kept (an in-flight "
-                 "pull or build may own them)."),
+    typer.Option(
+        "--min-age",
+        help="Grace period: younger candidates are kept (an in-flight pull or build may own them).",
+    ),
 ]
 ExcludeOpt = Annotated[
     list[str] | None,
-    typer.Option("--exclude", help="Keep paths (relative to the root) or names matching this "
-                 "glob; repeatable."),
+    typer.Option(
+        "--exclude",
+        help="Keep paths (relative to the root) or names matching this glob; repeatable.",
+    ),
 ]
 
 
@@ -60,7 +66,9 @@ def _policy(min_age: str, exclude: list[str] | None) -> Policy:
 
 
 @app.command()
-def scan(root: RootOpt = None, config_file: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False) -> None:
+def scan(
+    root: RootOpt = None, config_file: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False
+) -> None:
     """Inventory a data root from its metadata: images, layers, containers, dirs, findings."""
     target = api.resolve_target(root, config_file)
     snap, graph, _ = api.plan_root(target.root.path, Policy())
@@ -84,11 +92,15 @@ def plan(
     min_age: MinAgeOpt = "1h",
     exclude: ExcludeOpt = None,
     json: JsonOpt = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Also save the plan (JSON) for "
-                                             "'dockergc apply'.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the evidence of each action.")] = False,
-    check: Annotated[bool, typer.Option("--check", help="Exit 4 when the plan is not empty "
-                                        "(for monitoring).")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also save the plan (JSON) for 'dockergc apply'.")
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the evidence of each action.")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 4 when the plan is not empty (for monitoring).")
+    ] = False,
 ) -> None:
     """Dry run: list what gc would remove, with size, age, reason and evidence. Changes nothing."""
     target = api.resolve_target(root, config_file)
@@ -108,8 +120,10 @@ def plan(
 
 @app.command()
 def demo(
-    directory: Annotated[Path | None, typer.Option("--dir", help="Where to write the sample "
-                                                   "root [default: a new temp dir].")] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Where to write the sample root [default: a new temp dir]."),
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
     """Write a realistic sample data root with known leftovers and show the dry-run report."""
@@ -150,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the last resort: one line, never a traceback by default
         if _state["debug"]:
             raise
-        typer.echo(f"dockergc: internal error: {type(exc).__name__}: {exc} "
-                   "(run with --debug for the traceback)", err=True)
+        typer.echo(
+            f"dockergc: internal error: {type(exc).__name__}: {exc} "
+            "(run with --debug for the traceback)",
+            err=True,
+        )
         return EXIT_ERROR
 
 

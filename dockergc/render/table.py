@@ -27,7 +27,9 @@ class TableRenderer:
             header = ("KIND", "SIZE", "AGE")
             cells = [(a.kind, human_bytes(a.bytes), human_age(a.age_seconds)) for a in plan.actions]
             widths = [max(len(r[i]) for r in [header, *cells]) for i in range(3)]
-            lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "  PATH")
+            lines.append(
+                "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "  PATH"
+            )
             for action, row in zip(plan.actions, cells, strict=True):
                 padded = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
                 lines.append(f"{padded}  {display(action.path)}  ({action.reason})")

@@ -13,6 +13,7 @@ and cycles rejected. Any inconsistency raises ``BboltError``.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ BRANCH, LEAF, META_FLAG = 0x01, 0x02, 0x04
 BUCKET_LEAF = 0x01
 MAX_DEPTH = 16
 MAX_PAGES = 1_000_000
+
+
+Buf = bytes | mmap.mmap
 
 
 class BboltError(ValueError):
@@ -53,7 +57,7 @@ class _Meta:
     txid: int
 
 
-def _read_meta(data: bytes, offset: int) -> _Meta | None:
+def _read_meta(data: Buf, offset: int) -> _Meta | None:
     end = offset + PAGE_HEADER.size + META.size
     if end > len(data):
         return None
@@ -73,7 +77,7 @@ def _read_meta(data: bytes, offset: int) -> _Meta | None:
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: Buf) -> None:
         self.data = data
         first = _read_meta(data, 0)
         metas = [first] if first else []
@@ -87,7 +91,7 @@ class _Reader:
         self.meta = max(metas, key=lambda m: m.txid)
         self.visited = 0
 
-    def _page(self, pgid: int) -> tuple[bytes, int]:
+    def _page(self, pgid: int) -> tuple[Buf, int]:
         offset = pgid * self.meta.page_size
         if pgid < 2 or offset + PAGE_HEADER.size > len(self.data):
             raise BboltError(f"page {pgid} out of range")
@@ -108,7 +112,7 @@ class _Reader:
         self._walk_page(buf, offset, bucket, depth, path | {pgid})
 
     def _walk_page(
-        self, buf: bytes, offset: int, bucket: Bucket, depth: int, path: frozenset[int]
+        self, buf: Buf, offset: int, bucket: Bucket, depth: int, path: frozenset[int]
     ) -> None:
         if depth > MAX_DEPTH:
             raise BboltError("buckets nested too deep")
@@ -129,7 +133,7 @@ class _Reader:
         else:
             raise BboltError(f"unexpected page flags {flags:#x}")
 
-    def _leaf_items(self, buf: bytes, elems: int, count: int) -> Iterator[tuple[bytes, bytes, int]]:
+    def _leaf_items(self, buf: Buf, elems: int, count: int) -> Iterator[tuple[bytes, bytes, int]]:
         for i in range(count):
             at = elems + i * LEAF_ELEM.size
             self._check(buf, at, LEAF_ELEM.size)
@@ -151,12 +155,12 @@ class _Reader:
         return child
 
     @staticmethod
-    def _check(buf: bytes, start: int, size: int) -> None:
+    def _check(buf: Buf, start: int, size: int) -> None:
         if start < 0 or start + size > len(buf):
             raise BboltError("element points outside its page")
 
 
-def parse(data: bytes) -> Bucket:
+def parse(data: Buf) -> Bucket:
     """Return the root bucket of a bbolt file held in ``data``."""
     try:
         reader = _Reader(data)

@@ -87,7 +87,9 @@ def read_buildkit(root: Path) -> BuildkitStore:
         entries = list_dir(root / BUILDKIT)
     except UnreadableFile as exc:
         findings.append(Finding(str(BUILDKIT), exc.kind, f"BuildKit dir {exc}"))
-        return BuildkitStore(frozenset(), frozenset(), frozenset(), (), ("buildkit",), tuple(findings))
+        return BuildkitStore(
+            frozenset(), frozenset(), frozenset(), (), ("buildkit",), tuple(findings)
+        )
     for entry in entries:
         if not entry.name.endswith(".db"):
             continue
@@ -108,13 +110,20 @@ def read_buildkit(root: Path) -> BuildkitStore:
                     chains |= c
                 except bbolt.BboltError as exc:
                     findings.append(
-                        Finding(str(rel), "bad-bbolt",
-                                f"cannot parse ({exc}); every id named in it is kept")
+                        Finding(
+                            str(rel),
+                            "bad-bbolt",
+                            f"cannot parse ({exc}); every id named in it is kept",
+                        )
                     )
         finally:
             if isinstance(data, mmap.mmap):
                 data.close()
     return BuildkitStore(
-        frozenset(keys), frozenset(chains), frozenset(hex_ids), tuple(files),
-        tuple(unreadable), tuple(findings),
+        frozenset(keys),
+        frozenset(chains),
+        frozenset(hex_ids),
+        tuple(files),
+        tuple(unreadable),
+        tuple(findings),
     )

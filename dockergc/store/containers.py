@@ -65,6 +65,8 @@ def read_containers(root: Path) -> ContainerStore:
         except (ValueError, json.JSONDecodeError) as exc:
             unreadable.append(entry.name)
             findings.append(
-                Finding(str(rel / "config.v2.json"), "bad-json", f"container config unusable: {exc}")
+                Finding(
+                    str(rel / "config.v2.json"), "bad-json", f"container config unusable: {exc}"
+                )
             )
     return ContainerStore(tuple(containers), tuple(unreadable), tuple(findings))

@@ -50,7 +50,9 @@ def read_tags(root: Path) -> tuple[dict[str, str], list[Finding]]:
     findings: list[Finding] = []
     for repo, refs in sorted(repos.items()):
         if not isinstance(refs, dict):
-            findings.append(Finding(str(rel), "bad-format", f"repository {repo!r} is not an object"))
+            findings.append(
+                Finding(str(rel), "bad-format", f"repository {repo!r} is not an object")
+            )
             continue
         for ref, image_id in sorted(refs.items()):
             if isinstance(image_id, str) and is_digest(image_id):
@@ -136,8 +138,11 @@ def read_images(root: Path) -> ImageStore:
     for ref, image_id in tags.items():
         if image_id not in known:
             findings.append(
-                Finding(str(IMAGE_DIR / "repositories.json"), "dangling-tag",
-                        f"tag {ref} names image {image_id[:19]} that imagedb lacks")
+                Finding(
+                    str(IMAGE_DIR / "repositories.json"),
+                    "dangling-tag",
+                    f"tag {ref} names image {image_id[:19]} that imagedb lacks",
+                )
             )
     return ImageStore(
         tags=tags, images=tuple(images), unreadable=tuple(unreadable), findings=tuple(findings)

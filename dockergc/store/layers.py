@@ -136,9 +136,9 @@ def read_layers(root: Path) -> LayerStore:
         else:
             findings.append(Finding(str(rel), "unknown-entry", "not a layer chain id; kept"))
     for name in _entries(root, LAYERDB / "mounts", findings, unreadable):
-        record = _read_mount(root, name, findings)
-        if record:
-            mounts.append(record)
+        mount = _read_mount(root, name, findings)
+        if mount:
+            mounts.append(mount)
         else:
             unreadable.append(name)
     write_sets = [

@@ -117,9 +117,7 @@ def root_fs_path(self_entries: Iterable[MountEntry], root: str) -> tuple[str, st
     return best.device, os.path.normpath(best.root.rstrip("/") + "/" + rest.lstrip("/"))
 
 
-def pinned_paths(
-    table: MountTable, root: str, root_fs: tuple[str, str] | None
-) -> dict[str, str]:
+def pinned_paths(table: MountTable, root: str, root_fs: tuple[str, str] | None) -> dict[str, str]:
     """Absolute paths under ``root`` that a mount uses, with the reason.
 
     A path is pinned when it is a mount point, an overlay lower/upper/work dir, or the

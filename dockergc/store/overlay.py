@@ -111,7 +111,9 @@ def _read_links(root: Path, findings: list[Finding]) -> list[ShortLink]:
         match = LINK_TARGET.fullmatch(target)
         target_dir = match.group(1) if match and match.group(1) not in (".", "..", "l") else None
         if target_dir is None:
-            findings.append(Finding(str(rel), "bad-link", f"link target {target[:60]!r} unexpected"))
+            findings.append(
+                Finding(str(rel), "bad-link", f"link target {target[:60]!r} unexpected")
+            )
         exists = target_dir is not None and _is_real_dir(root / OVERLAY / target_dir)
         links.append(ShortLink(entry.name, target, target_dir, exists))
     return links

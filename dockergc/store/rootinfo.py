@@ -20,8 +20,25 @@ DEFAULT_CONFIG = Path("/etc/docker/daemon.json")
 CONTAINERD_SNAPSHOTS = Path("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs")
 OTHER_DRIVERS = ("aufs", "devicemapper", "btrfs", "zfs", "vfs", "fuse-overlayfs")
 SYSTEM_DIRS = frozenset(
-    ["/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/proc", "/root",
-     "/run", "/sbin", "/sys", "/usr", "/var", "/var/lib", "/tmp"]
+    [
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/sys",
+        "/usr",
+        "/var",
+        "/var/lib",
+        "/tmp",
+    ]
 )
 
 
@@ -56,7 +73,8 @@ def read_daemon_config(path: Path) -> DaemonConfig | None:
         raise UsageError(f"daemon config {path} is not a JSON object")
     root = doc.get("data-root") or doc.get("graph")
     driver = doc.get("storage-driver")
-    features = doc.get("features") if isinstance(doc.get("features"), dict) else {}
+    raw_features = doc.get("features")
+    features: dict[str, object] = raw_features if isinstance(raw_features, dict) else {}
     return DaemonConfig(
         path=path,
         data_root=Path(root) if isinstance(root, str) and root else None,
