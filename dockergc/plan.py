@@ -320,6 +320,12 @@ def make_plan(
         if d.name not in graph.live and not is_layer_dir_name(d.name)
     ]
     kept += [Kept("", "broken-reference", b) for b in graph.broken]
+    # Reached only through a live mount: no metadata names it, yet something uses it.
+    kept += [
+        Kept(f"overlay2/{name}", "mounted", why)
+        for name, why in graph.live.items()
+        if why.startswith("mounted: ")
+    ]
     acted: set[str] = set()
     held: dict[str, str] = {}  # candidate path -> why it is kept
     for cand in sorted(cands, key=lambda c: (c.depends_on is not None, c.path)):

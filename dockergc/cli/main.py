@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from dockergc import api
 from dockergc.durations import parse_duration
-from dockergc.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, DockerGCError
+from dockergc.errors import EXIT_ERROR, EXIT_OK, DockerGCError
 from dockergc.plan import Policy
 from dockergc.render.jsonfmt import JsonRenderer, dumps
 from dockergc.render.table import TableRenderer
@@ -103,10 +102,11 @@ def plan(
     ] = False,
 ) -> None:
     """Dry run: list what gc would remove, with size, age, reason and evidence. Changes nothing."""
+    policy = _policy(min_age, exclude)
     target = api.resolve_target(root, config_file)
     if target.root.path != target.root.given:
         typer.echo(f"note: data root {target.root.given} resolves to {target.root.path}", err=True)
-    _, _, result = api.plan_root(target.root.path, _policy(min_age, exclude))
+    _, _, result = api.plan_root(target.root.path, policy)
     if out is not None:
         from dockergc.cli.output import write_atomic
 
@@ -143,14 +143,10 @@ def demo(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every known error is one line on stderr and its exit code."""
     try:
-        result = app(args=argv, standalone_mode=False, prog_name="dockergc")
-        return result if isinstance(result, int) else EXIT_OK
-    except click.exceptions.UsageError as exc:
-        exc.show()
-        return EXIT_USAGE
-    except click.exceptions.Abort:
-        typer.echo("dockergc: aborted", err=True)
-        return EXIT_ERROR
+        app(args=argv, prog_name="dockergc")
+    except SystemExit as exc:  # typer's own exit: usage errors are 2, --help is 0
+        code = exc.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_ERROR)
     except DockerGCError as exc:
         if _state["debug"]:
             raise
@@ -170,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return EXIT_ERROR
+    return EXIT_OK
 
 
 def console_main() -> None:

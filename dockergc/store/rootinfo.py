@@ -130,7 +130,7 @@ def check_overlay2_root(root: Path, config: DaemonConfig | None) -> None:
         for driver in OTHER_DRIVERS:
             if (root / "image" / driver).is_dir():
                 raise RefusedError(
-                    f"refusing {root}: it is a {driver} root (image/{driver}); "
+                    f"refusing {root}: its storage driver is {driver} (image/{driver}); "
                     "dockergc understands overlay2 only"
                 )
         containerd_dirs = (root / "containerd", CONTAINERD_SNAPSHOTS)
