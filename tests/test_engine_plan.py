@@ -247,3 +247,23 @@ def assert_everything_works(e: Engine) -> None:
     assert "true" in e.run("inspect", "-f", "{{.State.Running}}", "c_running").stdout
     e.build("bk:2", MULTI, buildkit=True)
     e.run("run", "--rm", "--network", "none", "bk:2", "cat", "/artifact", "/done")
+
+
+def test_synthetic_fixture_mirrors_what_dockerd_wrote(
+    engine: tuple[Engine, dict[str, str]], tmp_path: Path
+) -> None:
+    """Every kind of thing the fixture writes has the exact names, types and modes of dockerd's."""
+    from dockergc.fixture.builder import RootBuilder
+    from tests.shapes import shapes
+
+    e, _ = engine
+    real = shapes(e.root)
+    b = RootBuilder(tmp_path / "docker")
+    base = b.layer({"bin/busybox": b"x"})
+    child = b.layer({"hello.txt": b"hello"}, base)
+    image = b.image([base, child], ["app:1"])
+    b.container(image, child, "c")
+    fake = shapes(b.finish())
+    assert set(fake) == set(real)
+    for category, listings in fake.items():
+        assert listings <= real[category], (category, listings, real[category])
