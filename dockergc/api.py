@@ -76,3 +76,25 @@ def inventory(snap: Snapshot, graph: Graph) -> dict[str, Any]:
         "frozen": list(graph.freeze),
         "findings": [f.as_dict() for f in snap.findings],
     }
+
+
+def refuse_if_daemon(root: Path, live: bool) -> None:
+    """Refuse to change a root a running dockerd/containerd uses, unless ``live``."""
+    from dockergc.daemon import daemons_using
+    from dockergc.errors import RefusedError
+
+    users = daemons_using(root)
+    if users and not live:
+        who = ", ".join(f"{d.name} (pid {d.pid})" for d in users)
+        raise RefusedError(
+            f"refusing to change {root}: {who} is using it",
+            hint="stop the daemon first, or pass --live (the nightly timer's mode: long "
+            "grace period, every step re-checked against a fresh graph and every mount)",
+        )
+
+
+def refuse_if_unwritable(root: Path) -> None:
+    from dockergc.errors import RefusedError
+
+    if not os.access(root, os.W_OK) or not os.access(root / "overlay2", os.W_OK):
+        raise RefusedError(f"refusing: {root} is not writable by this user (run as root)")

@@ -21,12 +21,13 @@ from dockergc.store.snapshot import Snapshot
 
 PLAN_VERSION = 1
 
-# Execution order: moby removes l/<link> before the dir, metadata last.
+# Execution order: dirs first, then what goes with them (their l/ links, the -removing
+# record), so a step that fails never leaves a dir behind without its link.
 KINDS = (
-    "orphan-link",
-    "dangling-link",
     "stale-init",
     "orphan-layer",
+    "orphan-link",
+    "dangling-link",
     "removing-layer",
     "write-set",
 )
@@ -58,6 +59,7 @@ class Action:
     evidence: tuple[str, ...]
     dev: int  # identity when planned: the executor refuses a path that changed
     ino: int
+    depends_on: str | None = None  # removed only if this path was removed in the same run
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -144,6 +146,7 @@ class Plan:
                     evidence=tuple(str(e) for e in a["evidence"]),
                     dev=int(a["dev"]),
                     ino=int(a["ino"]),
+                    depends_on=_safe_rel(a["depends_on"]) if a.get("depends_on") else None,
                 )
                 for a in doc["actions"]
             )
@@ -349,6 +352,7 @@ def make_plan(
                 evidence=cand.evidence + (f"newest change {_ago(age)} ago",),
                 dev=u.dev,
                 ino=u.ino,
+                depends_on=cand.depends_on,
             )
         )
     actions.sort(key=lambda a: (KIND_ORDER[a.kind], a.path))

@@ -1,0 +1,88 @@
+"""The typer app, its global options and the option types commands share."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dockergc.durations import parse_duration
+from dockergc.errors import RefusedError, UsageError
+from dockergc.plan import Policy
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Find and safely reclaim what Docker's overlay2 data root leaks "
+    "(orphaned layer dirs, stale -init dirs, dangling links). Deletes are moves into a "
+    "quarantine under the root, undone by 'rollback' until 'purge'. "
+    "Exit codes: 0 ok, 1 error, 2 usage, 3 refused as unsafe, 4 plan --check found work.",
+)
+
+_state = {"debug": False}
+
+LIVE_MIN_AGE = "24h"
+LIVE_FLOOR_SECONDS = 3600.0
+
+RootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--root", help="Docker data root [default: daemon.json data-root, else /var/lib/docker]"
+    ),
+]
+ConfigOpt = Annotated[
+    Path, typer.Option("--config-file", help="The daemon's config file, read to find the root.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+MinAgeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--min-age",
+        help="Grace period: younger candidates are kept (an in-flight pull, build or create "
+        "may own them) [default: 1h; 24h with --live].",
+    ),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        help="Keep paths (relative to the root) or names matching this glob; repeatable.",
+    ),
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")]
+LiveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--live",
+        help="Allow a root a running daemon uses: grace period at least 1h (default 24h), "
+        "a fresh graph and every mount namespace re-checked right before each move.",
+    ),
+]
+
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def policy_from_flags(min_age: str | None, exclude: list[str] | None, live: bool = False) -> Policy:
+    """The plan policy the flags ask for; --live insists on a long grace period."""
+    seconds = parse_duration(min_age or (LIVE_MIN_AGE if live else "1h"), "--min-age")
+    if live and seconds < LIVE_FLOOR_SECONDS:
+        raise UsageError("--live needs --min-age of at least 1h: in-flight pulls and builds")
+    return Policy(min_age=seconds, excludes=tuple(exclude or ()))
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask on a terminal; without one, only --yes may proceed."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise RefusedError("refusing to change anything without --yes (stdin is not a terminal)")
+    if not typer.confirm(question, default=False):
+        raise RefusedError("nothing changed: not confirmed")

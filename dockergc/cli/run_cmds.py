@@ -1,0 +1,196 @@
+"""Commands that change disk: apply, gc, rollback, purge; and runs, which lists them."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dockergc import api
+from dockergc.cli.app import (
+    ConfigOpt,
+    ExcludeOpt,
+    JsonOpt,
+    LiveOpt,
+    MinAgeOpt,
+    RootOpt,
+    YesOpt,
+    app,
+    confirm,
+    policy_from_flags,
+)
+from dockergc.durations import parse_duration
+from dockergc.errors import PlanFileError
+from dockergc.execute import runner
+from dockergc.execute.journal import RunView, list_runs, load
+from dockergc.lock import exclusive
+from dockergc.plan import Plan
+from dockergc.render.jsonfmt import dumps
+from dockergc.render.runs import run_summary, run_to_dict, runs_table
+from dockergc.render.table import TableRenderer
+from dockergc.store.rootinfo import DEFAULT_CONFIG
+
+
+def _progress(json: bool) -> runner.Progress:
+    return (lambda _: None) if json else (lambda line: typer.echo(line, err=True))
+
+
+def _show(view: RunView, json: bool) -> None:
+    typer.echo(dumps(run_to_dict(view)) if json else run_summary(view))
+
+
+def _load_plan(path: Path) -> Plan:
+    try:
+        return Plan.from_dict(jsonlib.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise PlanFileError(f"cannot read plan {path}: {exc.strerror}") from exc
+    except (ValueError, AttributeError) as exc:
+        raise PlanFileError(f"{path} is not a dockergc plan: {exc}") from exc
+
+
+def _execute(
+    target: api.Target, live: bool, work: runner.Options, plan: Plan | None, resume: str | None
+) -> RunView:
+    root = target.root.path
+    api.refuse_if_unwritable(root)
+    with exclusive(root):
+        api.refuse_if_daemon(root, live)
+        if resume:
+            return runner.resume_run(root, resume, work)
+        runner.refuse_if_unfinished(root)
+        assert plan is not None
+        return runner.start_run(root, plan, work)
+
+
+@app.command()
+def apply(
+    plan_file: Annotated[Path | None, typer.Argument(help="A plan saved by 'plan --out'.")] = None,
+    root: RootOpt = None,
+    config_file: ConfigOpt = DEFAULT_CONFIG,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Finish run ID after a crash.")
+    ] = None,
+    yes: YesOpt = False,
+    live: LiveOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Carry out a saved plan: each item re-checked, then moved to quarantine (undo: rollback)."""
+    if (plan_file is None) == (resume is None):
+        raise PlanFileError("give a PLAN file, or --resume RUN_ID")
+    plan = _load_plan(plan_file) if plan_file else None
+    target = api.resolve_target(root or (Path(plan.root) if plan else None), config_file)
+    if plan and not json and not yes:
+        typer.echo(TableRenderer().render(plan).rstrip("\n"))
+    confirm("Move these into quarantine?" if plan else f"Resume run {resume}?", yes)
+    view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, resume)
+    _show(view, json)
+
+
+@app.command()
+def gc(
+    root: RootOpt = None,
+    config_file: ConfigOpt = DEFAULT_CONFIG,
+    min_age: MinAgeOpt = None,
+    exclude: ExcludeOpt = None,
+    yes: YesOpt = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan and show; change nothing.")
+    ] = False,
+    live: LiveOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Plan and apply in one (the nightly job). Items go to quarantine; 'purge' frees them."""
+    policy = policy_from_flags(min_age, exclude, live)
+    target = api.resolve_target(root, config_file)
+    _, _, plan = api.plan_root(target.root.path, policy)
+    if dry_run:
+        typer.echo(dumps(plan.to_dict()) if json else TableRenderer().render(plan).rstrip("\n"))
+        return
+    if not plan.actions:
+        if json:
+            typer.echo(
+                dumps(
+                    {
+                        "run_id": None,
+                        "state": "nothing-to-do",
+                        "actions": [],
+                        "bytes": 0,
+                        "frozen": list(plan.frozen),
+                    }
+                )
+            )
+        else:
+            typer.echo(TableRenderer().render(plan).rstrip("\n"))
+        return
+    if not json and not yes:
+        typer.echo(TableRenderer().render(plan).rstrip("\n"))
+    confirm("Move these into quarantine?", yes)
+    view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, None)
+    _show(view, json)
+
+
+@app.command()
+def runs(
+    root: RootOpt = None, config_file: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False
+) -> None:
+    """List journaled runs with their state and bytes in quarantine."""
+    target = api.resolve_target(root, config_file)
+    views = [load(target.root.path, r) for r in list_runs(target.root.path)]
+    if json:
+        typer.echo(dumps({"runs": [run_to_dict(v) for v in views]}))
+    else:
+        typer.echo(runs_table(views))
+
+
+@app.command()
+def rollback(
+    run_id: Annotated[str, typer.Argument(help="The run to undo (see 'dockergc runs').")],
+    root: RootOpt = None,
+    config_file: ConfigOpt = DEFAULT_CONFIG,
+    yes: YesOpt = False,
+    live: LiveOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Put every quarantined item of a run back where it was, newest first."""
+    target = api.resolve_target(root, config_file)
+    confirm(f"Restore everything run {run_id} quarantined?", yes)
+    with exclusive(target.root.path):
+        api.refuse_if_daemon(target.root.path, live)
+        view = runner.rollback_run(
+            target.root.path, run_id, runner.Options(progress=_progress(json))
+        )
+    _show(view, json)
+    if view.state != "rolled-back":
+        raise typer.Exit(1)
+
+
+@app.command()
+def purge(
+    root: RootOpt = None,
+    config_file: ConfigOpt = DEFAULT_CONFIG,
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Only runs that ended this long ago.")
+    ] = "7d",
+    run: Annotated[
+        str | None, typer.Option("--run", help="Purge this run now, whatever its age.")
+    ] = None,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Free quarantined items for good. This cannot be undone."""
+    seconds = parse_duration(older_than, "--older-than")
+    target = api.resolve_target(root, config_file)
+    confirm("Delete quarantined items for good? This cannot be undone.", yes)
+    with exclusive(target.root.path):
+        views = runner.purge_runs(
+            target.root.path, seconds, run, runner.Options(progress=_progress(json))
+        )
+    freed = sum(v.purged_bytes for v in views)
+    if json:
+        typer.echo(dumps({"runs": [run_to_dict(v) for v in views], "bytes": freed}))
+    else:
+        typer.echo(
+            f"purged {len(views)} run(s)" + "".join(f"\n  {v.run_id}: {v.state}" for v in views)
+        )

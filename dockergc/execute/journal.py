@@ -1,0 +1,182 @@
+"""The run journal: append-only JSON lines, each fsync'd before the change it announces.
+
+Layout: ``<root>/.dockergc/runs/<run_id>/{journal.jsonl, plan.json, q/}``. The journal
+and the quarantine live under the root, on its filesystem, so every delete is an
+atomic rename and every rollback a rename back. ``replay`` turns records into the
+run's state; it is pure, so crash recovery can be tested record by record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dockergc.errors import UsageError
+from dockergc.execute.ops import MoveOp, op_from_dict
+from dockergc.lock import STATE_DIR
+
+RUNS = f"{STATE_DIR}/runs"
+
+
+def new_run_id(now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now or time.time()))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def run_dir_rel(run_id: str) -> str:
+    return f"{RUNS}/{run_id}"
+
+
+def quarantine_rel(run_id: str, seq: int) -> str:
+    return f"{RUNS}/{run_id}/q/{seq:06d}"
+
+
+class Journal:
+    def __init__(self, root: Path, run_id: str) -> None:
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise UsageError(f"{run_id!r} is not a run id")
+        self.root = root
+        self.run_id = run_id
+        self.dir = root / run_dir_rel(run_id)
+        self.path = self.dir / "journal.jsonl"
+
+    def exists(self) -> bool:
+        return self.path.is_file() and not self.path.is_symlink()
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record and fsync it: after this returns, it survives a crash."""
+        line = json.dumps({"t": round(time.time(), 3), **record}, ensure_ascii=True) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete record; a torn last line (a crash mid-write) is ignored."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise UsageError(f"no run {self.run_id} under {self.root}") from exc
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+
+@dataclass
+class Step:
+    seq: int
+    action_id: str
+    kind: str
+    path: str
+    bytes: int
+    op: MoveOp
+    status: str  # intent | moved | skipped | restored | purged | restore-skipped
+    reason: str = ""
+
+
+@dataclass
+class RunView:
+    run_id: str
+    root: str
+    created: float
+    mode: str
+    state: str  # running|interrupted|applied|rolled-back|partially-rolled-back|purged
+    steps: list[Step] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    ended: float | None = None
+    purged_bytes: int = 0
+
+    @property
+    def in_doubt(self) -> list[Step]:
+        return [s for s in self.steps if s.status == "intent"]
+
+    @property
+    def quarantined(self) -> list[Step]:
+        return [s for s in self.steps if s.status in ("moved", "restore-skipped")]
+
+    @property
+    def bytes(self) -> int:
+        return sum(
+            s.bytes for s in self.steps if s.status in ("moved", "restore-skipped", "purged")
+        )
+
+
+def replay(run_id: str, records: list[dict[str, Any]]) -> RunView:
+    """Rebuild a run's state from its journal records (pure)."""
+    begin = next((r for r in records if r.get("type") == "begin"), {})
+    view = RunView(
+        run_id,
+        str(begin.get("root", "")),
+        float(begin.get("t", 0)),
+        str(begin.get("mode", "offline")),
+        "running",
+    )
+    steps: dict[int, Step] = {}
+    for r in records:
+        kind = r.get("type")
+        seq = int(r.get("seq", -1))
+        if kind == "intent":
+            steps[seq] = Step(
+                seq,
+                r["action_id"],
+                r["kind"],
+                r["path"],
+                int(r["bytes"]),
+                MoveOp(**{k: v for k, v in r["op"].items() if k != "name"}),
+                "intent",
+            )
+        elif kind == "done" and seq in steps:
+            steps[seq].status = r.get("outcome", "moved")
+            steps[seq].reason = r.get("reason", "")
+        elif kind == "skip":
+            view.skipped.append(
+                {k: r[k] for k in ("action_id", "kind", "path", "reason") if k in r}
+            )
+        elif kind == "undo-done" and seq in steps:
+            steps[seq].status = "restored"
+        elif kind == "undo-skip" and seq in steps:
+            steps[seq].status = "restore-skipped"
+            steps[seq].reason = r.get("reason", "")
+        elif kind == "purge-done" and seq in steps:
+            steps[seq].status = "purged"
+            view.purged_bytes += int(r.get("freed", 0))
+        elif kind in ("end", "rollback-end", "purge-end"):
+            view.state = str(r.get("state", view.state))
+            view.ended = float(r.get("t", 0))
+    view.steps = [steps[k] for k in sorted(steps)]
+    if (
+        view.state in ("applied", "rolled-back", "partially-rolled-back")
+        and view.steps
+        and all(s.status in ("purged", "restored") for s in view.steps)
+        and any(s.status == "purged" for s in view.steps)
+    ):
+        view.state = "purged"
+    return view
+
+
+def list_runs(root: Path) -> list[str]:
+    base = root / RUNS
+    if not base.is_dir() or base.is_symlink():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / "journal.jsonl").is_file())
+
+
+def load(root: Path, run_id: str) -> RunView:
+    return replay(run_id, Journal(root, run_id).records())
+
+
+def op_of(record: dict[str, Any]) -> MoveOp:
+    op = op_from_dict(record["op"])
+    assert isinstance(op, MoveOp)
+    return op

@@ -1,0 +1,322 @@
+"""Apply a plan, resume or roll back a run, purge quarantine: journaled, step by step.
+
+Every move is announced in the journal (fsync'd) before it happens and confirmed
+after. A crash between the two leaves an in-doubt step; renames are atomic, so
+looking at the disk settles it (``settle``). Ctrl-C or SIGTERM stops between steps.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+
+from dockergc.errors import RefusedError, UsageError
+from dockergc.execute import impl as _impl  # noqa: F401  (registers implementations)
+from dockergc.execute import safefs
+from dockergc.execute.journal import (
+    Journal,
+    RunView,
+    Step,
+    list_runs,
+    load,
+    new_run_id,
+    quarantine_rel,
+    run_dir_rel,
+)
+from dockergc.execute.ops import MoveOp, PurgeOp, perform
+from dockergc.execute.verify import Facts, why_not
+from dockergc.plan import Plan
+from dockergc.store.mountinfo import MountTable
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Options:
+    live: bool = False
+    mounts: MountTable | None = None  # tests may pin the mount table
+    progress: Progress = _quiet
+    # Test hook: called after each journal record is written (crash injection).
+    after_record: Callable[[dict[str, object]], None] | None = None
+
+
+class _Stop:
+    requested = False
+
+
+@contextmanager
+def _stop_between_steps() -> Iterator[_Stop]:
+    """Turn SIGINT/SIGTERM into a request to stop after the current step."""
+    flag = _Stop()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        flag.requested = True
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _write(journal: Journal, opts: Options, record: dict[str, object]) -> None:
+    journal.append(record)
+    if opts.after_record:
+        opts.after_record(record)
+
+
+def unfinished_runs(root: Path) -> list[RunView]:
+    """Runs a crash or a kill left without an end record (call with the lock held)."""
+    views = [load(root, r) for r in list_runs(root)]
+    return [v for v in views if v.state == "running" or v.in_doubt]
+
+
+def refuse_if_unfinished(root: Path) -> None:
+    for view in unfinished_runs(root):
+        raise RefusedError(
+            f"run {view.run_id} did not finish; resume it with 'dockergc apply --resume "
+            f"{view.run_id}' or undo it with 'dockergc rollback {view.run_id}'"
+        )
+
+
+def _planned_at(plan: Plan) -> float:
+    return datetime.fromisoformat(plan.created).timestamp()
+
+
+def start_run(root: Path, plan: Plan, opts: Options) -> RunView:
+    """Create a run for ``plan`` and apply it."""
+    if Path(plan.root) != root:
+        raise RefusedError(f"the plan is for {plan.root}, not {root}")
+    run_id = new_run_id()
+    safefs.makedirs(str(root), run_dir_rel(run_id) + "/q")
+    journal = Journal(root, run_id)
+    (journal.dir / "plan.json").write_text(json.dumps(plan.to_dict()) + "\n")
+    _write(
+        journal,
+        opts,
+        {
+            "type": "begin",
+            "run_id": run_id,
+            "root": str(root),
+            "mode": "live" if opts.live else "offline",
+            "plan_created": plan.created,
+            "actions": len(plan.actions),
+        },
+    )
+    return _apply(root, journal, plan, opts, done=set(), moved=set(), next_seq=1)
+
+
+def resume_run(root: Path, run_id: str, opts: Options) -> RunView:
+    """Settle in-doubt steps, then carry out what the run has not done yet."""
+    journal = Journal(root, run_id)
+    view = load(root, run_id)
+    if view.state not in ("running", "interrupted") and not view.in_doubt:
+        raise UsageError(f"run {run_id} is {view.state}; there is nothing to resume")
+    settle(root, journal, view, opts)
+    view = load(root, run_id)
+    plan = Plan.from_dict(json.loads((journal.dir / "plan.json").read_text()))
+    handled = {s.action_id for s in view.steps} | {s["action_id"] for s in view.skipped}
+    moved = {s.path for s in view.steps if s.status == "moved"}
+    _write(journal, opts, {"type": "resume"})
+    next_seq = max((s.seq for s in view.steps), default=0) + 1
+    return _apply(root, journal, plan, opts, done=handled, moved=moved, next_seq=next_seq)
+
+
+def settle(root: Path, journal: Journal, view: RunView, opts: Options) -> None:
+    """Decide each in-doubt step from the disk: renames happen entirely or not at all."""
+    for step in view.in_doubt:
+        src = safefs.lstat_at(str(root), step.op.src)
+        dst = safefs.lstat_at(str(root), step.op.dst)
+        ident = (step.op.dev, step.op.ino)
+        if dst is not None and (dst.st_dev, dst.st_ino) == ident:
+            _write(
+                journal,
+                opts,
+                {
+                    "type": "done",
+                    "seq": step.seq,
+                    "outcome": "moved",
+                    "reason": "settled after a crash: found in quarantine",
+                },
+            )
+        elif src is not None and (src.st_dev, src.st_ino) == ident:
+            _write(
+                journal,
+                opts,
+                {
+                    "type": "done",
+                    "seq": step.seq,
+                    "outcome": "not-moved",
+                    "reason": "settled after a crash: never moved",
+                },
+            )
+        else:
+            _write(
+                journal,
+                opts,
+                {
+                    "type": "done",
+                    "seq": step.seq,
+                    "outcome": "lost",
+                    "reason": "settled after a crash: found in neither place",
+                },
+            )
+
+
+def _apply(
+    root: Path,
+    journal: Journal,
+    plan: Plan,
+    opts: Options,
+    done: set[str],
+    moved: set[str],
+    next_seq: int,
+) -> RunView:
+    planned_at = _planned_at(plan)
+    facts = Facts.read(root, opts.mounts)
+    seq = next_seq
+    todo = [a for a in plan.actions if a.id not in done]
+    with _stop_between_steps() as stop:
+        for n, action in enumerate(todo, 1):
+            if stop.requested:
+                _write(journal, opts, {"type": "end", "state": "interrupted"})
+                return load(root, journal.run_id)
+            if opts.live and n > 1:
+                facts = Facts.read(root, opts.mounts)  # the daemon may have moved on
+            reason = why_not(root, action, facts, moved, planned_at, opts.mounts)
+            if reason:
+                _write(
+                    journal,
+                    opts,
+                    {
+                        "type": "skip",
+                        "action_id": action.id,
+                        "kind": action.kind,
+                        "path": action.path,
+                        "reason": reason,
+                    },
+                )
+                opts.progress(f"[{n}/{len(todo)}] kept {action.path}: {reason}")
+                continue
+            op = MoveOp(
+                src=action.path,
+                dst=quarantine_rel(journal.run_id, seq),
+                dev=action.dev,
+                ino=action.ino,
+            )
+            _write(
+                journal,
+                opts,
+                {
+                    "type": "intent",
+                    "seq": seq,
+                    "action_id": action.id,
+                    "kind": action.kind,
+                    "path": action.path,
+                    "bytes": action.bytes,
+                    "op": op.as_dict(),
+                },
+            )
+            try:
+                perform(str(root), op)
+            except (safefs.UnsafePath, OSError) as exc:
+                _write(
+                    journal,
+                    opts,
+                    {
+                        "type": "done",
+                        "seq": seq,
+                        "outcome": "not-moved",
+                        "reason": f"move failed: {exc}",
+                    },
+                )
+                opts.progress(f"[{n}/{len(todo)}] kept {action.path}: {exc}")
+            else:
+                _write(journal, opts, {"type": "done", "seq": seq, "outcome": "moved"})
+                moved.add(action.path)
+                opts.progress(f"[{n}/{len(todo)}] quarantined {action.path}")
+            seq += 1
+    _write(journal, opts, {"type": "end", "state": "applied"})
+    return load(root, journal.run_id)
+
+
+def rollback_run(root: Path, run_id: str, opts: Options) -> RunView:
+    """Move every quarantined entry of the run back, newest first."""
+    journal = Journal(root, run_id)
+    view = load(root, run_id)
+    if view.in_doubt:
+        settle(root, journal, view, opts)
+        view = load(root, run_id)
+    _write(journal, opts, {"type": "rollback-begin"})
+    failed = 0
+    for step in reversed(view.quarantined):
+        back = step.op.reverse()
+        if safefs.lstat_at(str(root), back.dst) is not None:
+            failed += 1
+            _write(
+                journal,
+                opts,
+                {
+                    "type": "undo-skip",
+                    "seq": step.seq,
+                    "reason": f"{back.dst} exists again; left in quarantine",
+                },
+            )
+            opts.progress(f"left {step.path} in quarantine: the path is taken again")
+            continue
+        _write(journal, opts, {"type": "undo-intent", "seq": step.seq, "op": back.as_dict()})
+        try:
+            perform(str(root), back)
+        except (safefs.UnsafePath, OSError) as exc:
+            failed += 1
+            _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": str(exc)})
+            continue
+        _write(journal, opts, {"type": "undo-done", "seq": step.seq})
+        opts.progress(f"restored {step.path}")
+    state = "partially-rolled-back" if failed else "rolled-back"
+    _write(journal, opts, {"type": "rollback-end", "state": state})
+    return load(root, run_id)
+
+
+def purge_runs(root: Path, older_than: float, run_id: str | None, opts: Options) -> list[RunView]:
+    """Remove quarantined entries of finished runs older than ``older_than`` seconds."""
+    now = time.time()
+    purged: list[RunView] = []
+    ids = [run_id] if run_id else list_runs(root)
+    for rid in ids:
+        view = load(root, rid)
+        if view.state in ("running", "interrupted") or view.in_doubt:
+            if run_id:
+                raise RefusedError(f"run {rid} is unfinished; resume or roll it back first")
+            continue
+        if not run_id and (view.ended is None or now - view.ended < older_than):
+            continue
+        targets: list[Step] = view.quarantined
+        if not targets:
+            continue
+        journal = Journal(root, rid)
+        for step in targets:
+            op = PurgeOp(step.op.dst)
+            _write(journal, opts, {"type": "purge-intent", "seq": step.seq, "op": op.as_dict()})
+            try:
+                freed = perform(str(root), op)
+            except (safefs.UnsafePath, OSError) as exc:
+                _write(journal, opts, {"type": "purge-skip", "seq": step.seq, "reason": str(exc)})
+                opts.progress(f"could not purge {step.op.dst}: {exc}")
+                continue
+            _write(journal, opts, {"type": "purge-done", "seq": step.seq, "freed": freed})
+        _write(journal, opts, {"type": "purge-end", "state": view.state})
+        purged.append(load(root, rid))
+    return purged
