@@ -127,7 +127,9 @@ def resume_run(root: Path, run_id: str, opts: Options) -> RunView:
     settle(root, journal, view, opts)
     view = load(root, run_id)
     plan = Plan.from_dict(json.loads((journal.dir / "plan.json").read_text()))
-    handled = {s.action_id for s in view.steps} | {s["action_id"] for s in view.skipped}
+    # A step settled as never moved is tried again; everything else was decided.
+    handled = {s.action_id for s in view.steps if s.status != "not-moved"}
+    handled |= {s["action_id"] for s in view.skipped}
     moved = {s.path for s in view.steps if s.status == "moved"}
     _write(journal, opts, {"type": "resume"})
     next_seq = max((s.seq for s in view.steps), default=0) + 1

@@ -47,6 +47,12 @@ def why_not(
         cand.kind == action.kind or (action.kind, cand.kind) == ("orphan-link", "dangling-link")
     )
     if not same:
+        parts = action.path.split("/")
+        live = (
+            facts.graph.live.get(parts[1]) if parts[0] == "overlay2" and len(parts) == 2 else None
+        )
+        if live:
+            return f"no longer unreferenced: {live}"
         return "no longer unreferenced (a fresh graph reaches it, or it is gone)"
     try:
         st = safefs.lstat_at(str(root), action.path)
