@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dockergc.fixture.builder import RootBuilder
 from dockergc.store.mountinfo import MountTable
+from tests.engine import Engine
 
 NO_MOUNTS = MountTable((), 1, 0)
 
@@ -39,6 +41,20 @@ def run_cli(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[st
             f"stdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}"
         )
     return proc
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[tuple[Engine, dict[str, str]]]:
+    """One real dockerd for the session, populated once; tests that stop it restart it."""
+    from tests.realstate import populate
+
+    e = Engine()
+    try:
+        e.start()
+        ids = populate(e)
+        yield e, ids
+    finally:
+        e.destroy()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,12 +7,14 @@ dir (unix socket paths are limited to 108 bytes), and never touches the host's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 DOCKER = "/usr/bin/docker"  # Debian's 20.10 client: BuildKit built in
@@ -46,6 +48,7 @@ def busybox_rootfs(dest: Path) -> Path:
 class Engine:
     def __init__(self, base: Path | None = None) -> None:
         self.base = base or Path(tempfile.mkdtemp(prefix="dgc-", dir="/tmp"))
+        self.base.mkdir(parents=True, exist_ok=True)
         self.root = self.base / "root"
         self.exec_root = self.base / "exec"
         self.sock = self.base / "d.sock"
@@ -188,3 +191,19 @@ class Engine:
 
     def container_ids(self) -> list[str]:
         return sorted(self.run("ps", "-aq", "--no-trunc").stdout.split())
+
+
+@contextlib.contextmanager
+def loop_fs(size_mb: int, fstype: str = "ext4") -> Iterator[Path]:
+    """A real second disk: an ext4 file system in a file, loop-mounted at a fresh dir."""
+    work = Path(tempfile.mkdtemp(prefix="dgc-loop-", dir="/tmp"))
+    image, mnt = work / "disk.img", work / "mnt"
+    mnt.mkdir()
+    subprocess.run(["truncate", "-s", f"{size_mb}M", str(image)], check=True)
+    subprocess.run([f"mkfs.{fstype}", "-q", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from dockergc.lock import exclusive
 from dockergc.plan import Plan, Policy
 from dockergc.store.mountinfo import MountEntry, MountTable
 from tests.conftest import NO_MOUNTS, run_cli
+from tests.crash import apply_and_kill
 from tests.manifest import manifest, without
 
 
@@ -170,23 +169,6 @@ def test_cli_apply_saved_plan_runs_and_rollback(tmp_path: Path) -> None:
     assert "not a dockergc plan" in run_cli("apply", str(bad), "--yes", check=2).stderr
 
 
-KILLER = """
-import os, signal, sys, json
-from pathlib import Path
-from dockergc.execute import runner
-from dockergc.plan import Plan
-from dockergc.store.mountinfo import MountTable
-root, plan_file, kill_after = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-plan = Plan.from_dict(json.loads(open(plan_file).read()))
-count = [0]
-def after(record):
-    count[0] += 1
-    if count[0] == kill_after:
-        os.kill(os.getpid(), signal.SIGKILL)
-runner.start_run(root, plan, runner.Options(mounts=MountTable((), 1, 0), after_record=after))
-"""
-
-
 def records_of_full_run(tmp_path: Path) -> int:
     root, plan = demo(tmp_path / "count")
     view = runner.start_run(root, plan, opts())
@@ -196,14 +178,7 @@ def records_of_full_run(tmp_path: Path) -> int:
 def kill_at(tmp_path: Path, n: int) -> tuple[Path, Plan, dict[str, object], str]:
     root, plan = demo(tmp_path)
     before = manifest(root)
-    plan_file = tmp_path / f"plan{n}.json"
-    plan_file.write_text(json.dumps(plan.to_dict()))
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLER, str(root), str(plan_file), str(n)], capture_output=True
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    (run_id,) = [p.name for p in (root / ".dockergc/runs").iterdir()]
-    return root, plan, before, run_id  # type: ignore[return-value]
+    return root, plan, before, apply_and_kill(root, plan, n)  # type: ignore[return-value]
 
 
 def test_sigkill_after_every_journal_record_then_resume_or_rollback(tmp_path: Path) -> None:

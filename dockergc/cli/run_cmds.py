@@ -83,6 +83,7 @@ def apply(
     target = api.resolve_target(root or (Path(plan.root) if plan else None), config_file)
     if plan and not json and not yes:
         typer.echo(TableRenderer().render(plan).rstrip("\n"))
+    api.refuse_if_daemon(target.root.path, live)
     confirm("Move these into quarantine?" if plan else f"Resume run {resume}?", yes)
     view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, resume)
     _show(view, json)
@@ -104,6 +105,9 @@ def gc(
     """Plan and apply in one (the nightly job). Items go to quarantine; 'purge' frees them."""
     policy = policy_from_flags(min_age, exclude, live)
     target = api.resolve_target(root, config_file)
+    if not dry_run:  # refuse before the work of planning, and again under the lock
+        api.refuse_if_daemon(target.root.path, live)
+        api.refuse_if_unwritable(target.root.path)
     _, _, plan = api.plan_root(target.root.path, policy)
     if dry_run:
         typer.echo(dumps(plan.to_dict()) if json else TableRenderer().render(plan).rstrip("\n"))
