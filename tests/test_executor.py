@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,45 @@ def test_sigterm_stops_between_steps(tmp_path: Path) -> None:
     assert not view.in_doubt
     assert load(root, view.run_id).state == "interrupted"
     assert runner.resume_run(root, view.run_id, opts()).state == "applied"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_purge_never_enters_a_mount_inside_quarantine(tmp_path: Path) -> None:
+    root, plan = demo(tmp_path)
+    view = runner.start_run(root, plan, opts())
+    target = next(s for s in view.steps if s.kind == "orphan-layer")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data").write_text("mounted, not ours")
+    point = root / target.op.dst / "diff" / "mnt"
+    point.mkdir()
+    subprocess.run(["mount", "--bind", str(elsewhere), str(point)], check=True)
+    try:
+        subprocess.run(["mount", "--make-private", str(point)], check=True)
+        # The mount table check keeps the whole item; openat2 alone would stop at the mount.
+        purged = runner.purge_runs(root, 0, view.run_id, runner.Options())
+        assert (elsewhere / "data").read_text() == "mounted, not ours"
+        assert (root / target.op.dst / "link").exists()
+        (left,) = [s for s in purged[0].steps if s.seq == target.seq]
+        assert left.status != "purged"
+        assert point.is_dir()
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_remove_tree_stops_at_a_same_filesystem_bind_mount(tmp_path: Path) -> None:
+    from dockergc.execute import safefs
+
+    tree = tmp_path / "root" / "victim"
+    (tree / "sub").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data").write_text("keep")
+    subprocess.run(["mount", "--bind", str(elsewhere), str(tree / "sub")], check=True)
+    try:
+        with pytest.raises(safefs.UnsafePath, match="mount point"):
+            safefs.remove_tree(str(tmp_path / "root"), "victim")
+        assert (elsewhere / "data").read_text() == "keep"
+    finally:
+        subprocess.run(["umount", "-l", str(tree / "sub")], check=True)

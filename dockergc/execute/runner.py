@@ -31,7 +31,7 @@ from dockergc.execute.journal import (
     run_dir_rel,
 )
 from dockergc.execute.ops import MoveOp, PurgeOp, perform
-from dockergc.execute.verify import Facts, why_not
+from dockergc.execute.verify import Facts, mounted_under, why_not
 from dockergc.plan import Plan
 from dockergc.store.mountinfo import MountTable
 
@@ -278,6 +278,11 @@ def rollback_run(root: Path, run_id: str, opts: Options) -> RunView:
             )
             opts.progress(f"left {step.path} in quarantine: the path is taken again")
             continue
+        busy = mounted_under(root, back.src, opts.mounts)
+        if busy:
+            failed += 1
+            _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": busy})
+            continue
         _write(journal, opts, {"type": "undo-intent", "seq": step.seq, "op": back.as_dict()})
         try:
             perform(str(root), back)
@@ -311,6 +316,11 @@ def purge_runs(root: Path, older_than: float, run_id: str | None, opts: Options)
         journal = Journal(root, rid)
         for step in targets:
             op = PurgeOp(step.op.dst)
+            busy = mounted_under(root, op.path, opts.mounts)
+            if busy:
+                _write(journal, opts, {"type": "purge-skip", "seq": step.seq, "reason": busy})
+                opts.progress(f"kept {step.op.dst} in quarantine: {busy}")
+                continue
             _write(journal, opts, {"type": "purge-intent", "seq": step.seq, "op": op.as_dict()})
             try:
                 freed = perform(str(root), op)

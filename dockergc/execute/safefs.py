@@ -16,11 +16,27 @@ from contextlib import contextmanager
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from dockergc.execute.platform import open_beneath, openat2_available
+
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafePath(Exception):
     """The path cannot be reached without following a symlink or leaving the filesystem."""
+
+
+def open_dir_at(dirfd: int, name: str) -> int:
+    """Open a child directory: no symlink, and (where the kernel allows) no mount crossing."""
+    try:
+        if openat2_available():
+            return open_beneath(dirfd, name)
+        return os.open(name, DIR_FLAGS, dir_fd=dirfd)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise UnsafePath(f"{name!r} is a mount point; not crossing into it") from exc
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(f"{name!r} is not a real directory") from exc
+        raise
 
 
 def _transient(exc: BaseException) -> bool:
@@ -45,12 +61,7 @@ def open_parent(root: str, rel: str) -> Iterator[tuple[int, str]]:
     try:
         root_dev = os.fstat(fd).st_dev
         for part in parts[:-1]:
-            try:
-                nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafePath(f"{part!r} in {rel!r} is not a real directory") from exc
-                raise
+            nxt = open_dir_at(fd, part)
             os.close(fd)
             fd = nxt
             if os.fstat(fd).st_dev != root_dev:
@@ -133,7 +144,7 @@ def remove_tree(root: str, rel: str) -> int:
 
 
 def _remove_dir_contents(parent_fd: int, name: str, dev: int) -> int:
-    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    fd = open_dir_at(parent_fd, name)
     freed = 0
     try:
         if os.fstat(fd).st_dev != dev:

@@ -68,12 +68,15 @@ def why_not(
         diff = safefs.lstat_at(str(root), action.path + "/diff")
         if diff is not None and max(diff.st_mtime, diff.st_ctime) > planned_at + 1:
             return "its diff/ changed since planned"
-    # Mounts are re-read from every namespace right before each move.
+    return mounted_under(root, action.path, mounts)
+
+
+def mounted_under(root: Path, rel: str, mounts: MountTable | None = None) -> str | None:
+    """Why ``rel`` (or anything below it) is in use by a mount right now, re-read from
+    every mount namespace; None if nothing is."""
     pins, _ = read_pins(root, mounts or read_all_namespaces())
-    absolute = f"{root}/{action.path}"
+    absolute = f"{root}/{rel}"
     for path, why in pins.items():
         if path == absolute or path.startswith(absolute + "/"):
-            return f"mounted now: {why}"
-        if action.path.startswith("overlay2/l/") and path.endswith("/l/" + action.path[11:]):
             return f"mounted now: {why}"
     return None
