@@ -13,7 +13,7 @@ from typing import Any
 
 from dockergc.graph import Graph, mark
 from dockergc.measure import Usage, measure
-from dockergc.plan import Plan, Policy, candidates, make_plan
+from dockergc.plan import Plan, Policy, candidates, make_plan, pin_reason
 from dockergc.store.mountinfo import MountTable
 from dockergc.store.rootinfo import (
     DaemonConfig,
@@ -50,7 +50,9 @@ def plan_root(
     usage: dict[str, Usage | None] = {}
     if not graph.freeze:
         for cand in cands:
-            usage[cand.path] = measure(os.path.join(root, cand.path), seen)
+            # Never walk into a mount (a bind mount may bring in files from outside).
+            if pin_reason(snap, cand.path) is None:
+                usage[cand.path] = measure(os.path.join(root, cand.path), seen)
     return snap, graph, make_plan(snap, graph, cands, usage, policy)
 
 

@@ -299,7 +299,7 @@ def candidates(snap: Snapshot, graph: Graph) -> list[Candidate]:
     return out
 
 
-def _pin_reason(snap: Snapshot, rel: str) -> str | None:
+def pin_reason(snap: Snapshot, rel: str) -> str | None:
     absolute = f"{snap.root}/{rel}"
     for path, why in snap.pinned.items():
         if path == absolute or path.startswith(absolute + "/"):
@@ -390,7 +390,7 @@ def _keep_reason(
     if cand.depends_on and cand.depends_on not in acted:
         why = held.get(cand.depends_on, "it is live")
         return f"kept with {cand.depends_on}: {why}"
-    pin = _pin_reason(snap, cand.path)
+    pin = pin_reason(snap, cand.path)
     if pin:
         return f"mounted: {pin}"
     if u is None:
