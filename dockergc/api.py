@@ -100,3 +100,19 @@ def refuse_if_unwritable(root: Path) -> None:
 
     if not os.access(root, os.W_OK) or not os.access(root / "overlay2", os.W_OK):
         raise RefusedError(f"refusing: {root} is not writable by this user (run as root)")
+
+
+def relocation_facts(root: Path, new: Path, config: Path, host: str) -> tuple[Any, int, int]:
+    """Preflight for moving ``root`` to ``new``, with the image and container counts the
+    daemon must report afterwards (read from the metadata, not from the daemon)."""
+    from dockergc import daemon
+    from dockergc.relocate.preflight import preflight
+
+    snap = gather(root)
+    try:
+        state = daemon.engine_state(host)
+        running = list(state.running) if os.path.realpath(state.root) == str(root) else []
+    except daemon.EngineUnavailable:
+        running = sorted(c.name for c in snap.containers.containers if c.running)
+    pf = preflight(root, new, config, running)
+    return pf, len(snap.images.images), len(snap.containers.containers)

@@ -1,4 +1,4 @@
-"""Is a Docker daemon using this data root? (psutil; the one place that asks the OS.)
+"""Docker daemon detection (psutil) and control (Engine API, stop/start commands).
 
 dockerd names its root with --data-root (or the old -g/--graph), else in the
 daemon.json named by --config-file, else /var/lib/docker. containerd matters when
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -99,3 +101,105 @@ def daemons_using(root: Path) -> list[DaemonProcess]:
                 if used == target or used.startswith(target + "/"):
                     found.append(DaemonProcess(info["pid"], kind, used))
     return found
+
+
+# -- control: the Engine API, and stopping/starting the daemon ---------------------------
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+SYSTEMD_STOP = "systemctl stop docker.socket docker.service"
+SYSTEMD_START = "systemctl start docker.socket docker.service"
+
+
+class EngineUnavailable(Exception):
+    """The Engine API did not answer."""
+
+
+def engine_get(host: str, path: str, timeout: float = 10.0) -> Any:
+    """GET ``path`` from the Engine API at ``host`` (unix:// only) and decode its JSON."""
+    import http.client
+    import socket
+
+    if not host.startswith("unix://"):
+        raise EngineUnavailable(f"{host}: only unix:// Docker hosts are supported")
+    sock_path = host[len("unix://") :]
+
+    class _Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(sock_path)
+
+    conn = _Conn("localhost", timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise EngineUnavailable(f"{host}{path}: HTTP {resp.status}")
+        return json.loads(body)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise EngineUnavailable(f"{host}: {exc}") from exc
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class EngineState:
+    root: str
+    images: int
+    containers: int
+    running: tuple[str, ...]
+
+
+def engine_state(host: str) -> EngineState:
+    info = engine_get(host, "/info")
+    running = engine_get(host, "/containers/json")
+    return EngineState(
+        root=str(info.get("DockerRootDir", "")),
+        images=len(engine_get(host, "/images/json?all=1")),
+        containers=int(info.get("Containers", 0)),
+        running=tuple(sorted(str(c.get("Names", ["?"])[0]).lstrip("/") for c in running)),
+    )
+
+
+def run_command(cmd: str, timeout: float = 300) -> None:
+    """Run an operator-given stop/start command; a failure is an EngineUnavailable."""
+    import shlex
+    import subprocess
+
+    try:
+        proc = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineUnavailable(f"{cmd!r} failed: {exc}") from exc
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+        raise EngineUnavailable(f"{cmd!r} exited {proc.returncode}: {detail[0]}")
+
+
+def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``check`` with bounded exponential backoff (tenacity) for ``seconds``."""
+    from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
+
+    try:
+        for attempt in Retrying(
+            retry=retry_if_result(lambda ok: not ok),
+            stop=stop_after_delay(seconds),
+            wait=wait_exponential(multiplier=0.2, max=3),
+        ):
+            with attempt:
+                ok = check()
+            if not attempt.retry_state.outcome or not attempt.retry_state.outcome.failed:
+                attempt.retry_state.set_result(ok)
+    except RetryError as exc:
+        raise EngineUnavailable(f"timed out after {seconds:.0f}s waiting for {what}") from exc
+
+
+def processes_using(root: Path) -> list[str]:
+    """Daemons of this root, and any process whose cwd or open files lie under it."""
+    target = os.path.realpath(root)
+    users = [f"{d.name} (pid {d.pid})" for d in daemons_using(root)]
+    for proc in psutil.process_iter(["pid", "name", "cwd"]):
+        cwd = proc.info.get("cwd") or ""
+        if cwd == target or cwd.startswith(target + "/"):
+            users.append(f"{proc.info['name']} (pid {proc.info['pid']}, cwd)")
+    return sorted(set(users))

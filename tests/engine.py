@@ -8,6 +8,7 @@ dir (unix socket paths are limited to 108 bytes), and never touches the host's
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -46,7 +47,10 @@ def busybox_rootfs(dest: Path) -> Path:
 
 
 class Engine:
-    def __init__(self, base: Path | None = None) -> None:
+    """``root_in_config``: the data root is named in daemon.json (not on the command line),
+    as on a real host, so that relocation's config switch is what moves it."""
+
+    def __init__(self, base: Path | None = None, root_in_config: bool = False) -> None:
         self.base = base or Path(tempfile.mkdtemp(prefix="dgc-", dir="/tmp"))
         self.base.mkdir(parents=True, exist_ok=True)
         self.root = self.base / "root"
@@ -55,7 +59,11 @@ class Engine:
         self.ctd_dir = self.base / "ctd"
         self.ctd_sock = self.ctd_dir / "c.sock"
         self.config = self.base / "daemon.json"
-        self.config.write_text("{}\n")
+        self.root_in_config = root_in_config
+        self.config.write_text(
+            json.dumps({"data-root": str(self.root)}) if root_in_config else "{}\n"
+        )
+        self.pidfile = self.base / "d.pid"
         self.ctd: subprocess.Popen[bytes] | None = None
         self.dockerd: subprocess.Popen[bytes] | None = None
 
@@ -74,28 +82,71 @@ class Engine:
         self.ctd = subprocess.Popen(["containerd", "--config", str(toml)], stdout=log, stderr=log)
         self._wait(lambda: self.ctd_sock.exists(), timeout, "containerd socket")
         dlog = open(self.base / "dockerd.log", "ab")  # noqa: SIM115
-        self.dockerd = subprocess.Popen(
-            [
-                "dockerd",
-                f"--containerd={self.ctd_sock}",
-                "--data-root",
-                str(self.root),
-                "--exec-root",
-                str(self.exec_root),
-                "--pidfile",
-                str(self.base / "d.pid"),
-                "-H",
-                f"unix://{self.sock}",
-                "--config-file",
-                str(self.config),
-                "--iptables=false",
-                "--ip-masq=false",
-                "--bridge=none",
-            ],
-            stdout=dlog,
-            stderr=dlog,
-        )
+        self.dockerd = subprocess.Popen(self.dockerd_args(), stdout=dlog, stderr=dlog)
         self._wait(self._answers, timeout, "dockerd")
+
+    def dockerd_args(self) -> list[str]:
+        root = [] if self.root_in_config else ["--data-root", str(self.root)]
+        return [
+            "dockerd",
+            f"--containerd={self.ctd_sock}",
+            *root,
+            "--exec-root",
+            str(self.exec_root),
+            "--pidfile",
+            str(self.pidfile),
+            "-H",
+            f"unix://{self.sock}",
+            "--config-file",
+            str(self.config),
+            "--iptables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+        ]
+
+    def control_scripts(self, fail_unless_root: Path | None = None) -> tuple[str, str]:
+        """(stop command, start command) for dockergc relocate, like systemctl would be.
+
+        With ``fail_unless_root``, start fails whenever daemon.json names another root:
+        a daemon that will not come up on the new disk.
+        """
+        import shlex
+
+        start, stop = self.base / "start.sh", self.base / "stop.sh"
+        guard = ""
+        if fail_unless_root:
+            guard = (
+                f"grep -q '\"{fail_unless_root}\"' {self.config} || "
+                "{ echo 'refusing to start' >&2; exit 1; }\n"
+            )
+        start.write_text(
+            "#!/bin/sh\n"
+            + guard
+            + f"[ -f {self.pidfile} ] && kill -0 $(cat {self.pidfile}) 2>/dev/null && exit 0\n"
+            + f"setsid {shlex.join(self.dockerd_args())} >>{self.base}/dockerd.log 2>&1 &\n"
+        )
+        stop.write_text(
+            "#!/bin/sh\n"
+            f"[ -f {self.pidfile} ] || exit 0\npid=$(cat {self.pidfile})\n"
+            "kill -TERM $pid 2>/dev/null || exit 0\n"
+            "for i in $(seq 200); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.2; done\n"
+            "kill -KILL $pid\n"
+        )
+        return f"sh {stop}", f"sh {start}"
+
+    def start_detached(self, timeout: float = 60) -> tuple[str, str]:
+        """Start containerd, then dockerd through the start script (not as our child, as
+        systemd would); return the (stop, start) commands."""
+        self.ctd_dir.mkdir(parents=True, exist_ok=True)
+        self.start(timeout)  # containerd + a first dockerd to create the root
+        if self.dockerd:
+            self.dockerd.terminate()
+            self.dockerd.wait(40)
+            self.dockerd = None
+        stop, start = self.control_scripts()
+        subprocess.run(start.split(), check=True)
+        self._wait(self._answers, timeout, "dockerd (detached)")
+        return stop, start
 
     def _answers(self) -> bool:
         if self.dockerd and self.dockerd.poll() is not None:
@@ -117,6 +168,7 @@ class Engine:
 
     def stop(self) -> None:
         """SIGTERM dockerd (it stops containers first), then containerd; unmount leftovers."""
+        self._stop_by_pidfile()
         for proc, grace in ((self.dockerd, 40), (self.ctd, 15)):
             if proc and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -127,6 +179,23 @@ class Engine:
                     proc.wait()
         self.dockerd = self.ctd = None
         self.unmount_all()
+
+    def _stop_by_pidfile(self) -> None:
+        """A dockerd a control script started is not our child: stop it by its pidfile."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        if self.dockerd and self.dockerd.pid == pid:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(200):
+                os.kill(pid, 0)
+                time.sleep(0.2)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def unmount_all(self) -> None:
         """Lazily unmount whatever is still mounted under our base dir, deepest first."""

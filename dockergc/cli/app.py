@@ -16,6 +16,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Find and safely reclaim what Docker's overlay2 data root leaks "
     "(orphaned layer dirs, stale -init dirs, dangling links). Deletes are moves into a "
     "quarantine under the root, undone by 'rollback' until 'purge'. "

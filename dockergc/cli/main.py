@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from dockergc.cli import report_cmds, run_cmds  # noqa: F401  (register the commands)
+from dockergc.cli import relocate_cmds, report_cmds, run_cmds  # noqa: F401  (registers them)
 from dockergc.cli.app import _state, app
 from dockergc.errors import EXIT_ERROR, EXIT_OK, DockerGCError
 

@@ -37,12 +37,12 @@ def quarantine_rel(run_id: str, seq: int) -> str:
 
 
 class Journal:
-    def __init__(self, root: Path, run_id: str) -> None:
+    def __init__(self, root: Path, run_id: str, base: str = RUNS) -> None:
         if not run_id or "/" in run_id or run_id.startswith("."):
             raise UsageError(f"{run_id!r} is not a run id")
         self.root = root
         self.run_id = run_id
-        self.dir = root / run_dir_rel(run_id)
+        self.dir = root / base / run_id
         self.path = self.dir / "journal.jsonl"
 
     def exists(self) -> bool:

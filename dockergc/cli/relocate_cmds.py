@@ -1,0 +1,141 @@
+"""relocate: move the whole data root to a new disk; rollback; finalize."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dockergc import api
+from dockergc.cli.app import ConfigOpt, JsonOpt, RootOpt, YesOpt, app, confirm
+from dockergc.daemon import DEFAULT_HOST, SYSTEMD_START, SYSTEMD_STOP
+from dockergc.errors import RefusedError, UsageError
+from dockergc.execute.journal import new_run_id
+from dockergc.execute.runner import unfinished_runs
+from dockergc.lock import exclusive
+from dockergc.relocate import executor
+from dockergc.relocate.plan import Control, plan_relocation
+from dockergc.render.jsonfmt import dumps
+from dockergc.render.relocation import preflight_text, view_dict, view_text
+from dockergc.store.rootinfo import DEFAULT_CONFIG
+
+relocate_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Move the whole data root to a new disk: preflight, stop, copy (rsync -aHAX), "
+    "verify, switch daemon.json, start, verify; any fault rolls back to the old root. "
+    "The old root stays untouched until 'relocate finalize'.",
+)
+app.add_typer(relocate_app, name="relocate")
+
+StateOpt = Annotated[Path, typer.Option("--state-dir", help="Where relocation journals are kept.")]
+DEFAULT_STATE = Path("/var/lib/dockergc")
+
+
+def _ctx(run_id: str, json: bool) -> executor.Context:
+    return executor.Context(
+        run_id, progress=(lambda _: None) if json else (lambda line: typer.echo(line, err=True))
+    )
+
+
+@relocate_app.callback(invoke_without_command=True)
+def relocate(
+    ctx: typer.Context,
+    to: Annotated[
+        Path | None, typer.Option("--to", help="The new data root (empty or absent).")
+    ] = None,
+    root: RootOpt = None,
+    config_file: ConfigOpt = DEFAULT_CONFIG,
+    stop_cmd: Annotated[str, typer.Option("--stop-cmd", help="Stops the daemon.")] = SYSTEMD_STOP,
+    start_cmd: Annotated[
+        str, typer.Option("--start-cmd", help="Starts the daemon.")
+    ] = SYSTEMD_START,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host", help="Engine API [default: $DOCKER_HOST, else unix:///var/run/docker.sock]."
+        ),
+    ] = None,
+    state_dir: StateOpt = DEFAULT_STATE,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", help="Go on with a relocation dockergc itself did not finish."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight only.")] = False,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Move the data root to --to (see 'relocate --help')."""
+    if ctx.invoked_subcommand:
+        return
+    if resume:
+        journal = executor.journal_for(state_dir, resume)
+        confirm(f"Resume relocation {resume}?", yes)
+        view = executor.resume(journal, _ctx(resume, json))
+        typer.echo(dumps(view_dict(view)) if json else view_text(view))
+        return
+    if to is None:
+        raise UsageError("relocate needs --to NEW (or --resume RUN, or a subcommand)")
+    target = api.resolve_target(root, config_file)
+    old = target.root.path
+    new = Path(os.path.realpath(to))
+    engine = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+    pf, images, containers = api.relocation_facts(old, new, config_file, engine)
+    typer.echo(
+        dumps(pf.as_dict()) if json and dry_run else preflight_text(pf), err=not dry_run and json
+    )
+    if not pf.ok:
+        raise RefusedError("preflight failed; nothing was changed")
+    if dry_run:
+        return
+    confirm(f"Stop the daemon and move {old} to {new}?", yes)
+    run_id = new_run_id()
+    control = Control(stop_cmd, start_cmd, engine, config_file)
+    steps = plan_relocation(old, new, control, run_id, images, containers, pf.selinux)
+    with exclusive(old):
+        for unfinished in unfinished_runs(old):
+            raise RefusedError(
+                f"gc run {unfinished.run_id} is unfinished; resume or roll it "
+                "back before moving the root"
+            )
+        journal = executor.begin(state_dir, run_id, old, new, steps)
+        view = executor.run(journal, _ctx(run_id, json))
+    typer.echo(dumps(view_dict(view)) if json else view_text(view))
+
+
+@relocate_app.command("rollback")
+def relocate_rollback(
+    run_id: Annotated[
+        str | None, typer.Argument(help="Relocation id [default: the latest].")
+    ] = None,
+    state_dir: StateOpt = DEFAULT_STATE,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Go back to the old root: stop, restore daemon.json, remove the copy, start."""
+    rid = run_id or executor.latest(state_dir)
+    confirm(
+        f"Roll relocation {rid} back to the old root? Changes made on the new root are lost.", yes
+    )
+    view = executor.rollback(executor.journal_for(state_dir, rid), _ctx(rid, json))
+    typer.echo(dumps(view_dict(view)) if json else view_text(view))
+    if view.state != "rolled-back":
+        raise typer.Exit(1)
+
+
+@relocate_app.command("finalize")
+def relocate_finalize(
+    run_id: Annotated[
+        str | None, typer.Argument(help="Relocation id [default: the latest].")
+    ] = None,
+    state_dir: StateOpt = DEFAULT_STATE,
+    yes: YesOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Remove the old root after a successful relocation. This cannot be undone."""
+    rid = run_id or executor.latest(state_dir)
+    view = executor.view_of(executor.journal_for(state_dir, rid))
+    confirm(f"Delete the old root {view.old} for good?", yes)
+    view = executor.finalize(executor.journal_for(state_dir, rid), _ctx(rid, json))
+    typer.echo(dumps(view_dict(view)) if json else view_text(view))

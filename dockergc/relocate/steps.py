@@ -1,0 +1,173 @@
+"""Relocation steps. Each is a record with ``reverse()``; the executor journals each
+before running it, and rollback runs the reverses of the finished ones, newest first."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StopDaemon:
+    cmd: str
+    start_cmd: str
+    host: str
+    root: str  # the root it ran on, where the reverse starts it again
+    name: str = "stop-daemon"
+
+    def reverse(self) -> Step:
+        return StartDaemon(self.start_cmd, self.cmd, self.host, self.root)
+
+
+@dataclass(frozen=True)
+class StartDaemon:
+    cmd: str
+    stop_cmd: str
+    host: str
+    expect_root: str
+    name: str = "start-daemon"
+
+    def reverse(self) -> Step:
+        return StopDaemon(self.stop_cmd, self.cmd, self.host, self.expect_root)
+
+
+@dataclass(frozen=True)
+class WaitIdle:
+    root: str
+    name: str = "wait-idle"
+
+    def reverse(self) -> Step:
+        return Noop()
+
+
+@dataclass(frozen=True)
+class Copy:
+    old: str
+    new: str
+    name: str = "copy"
+
+    def reverse(self) -> Step:
+        return RemoveCopy(self.new)
+
+
+@dataclass(frozen=True)
+class RemoveCopy:
+    new: str
+    name: str = "remove-copy"
+
+    def reverse(self) -> Step:
+        return Noop()
+
+
+@dataclass(frozen=True)
+class VerifyCopy:
+    old: str
+    new: str
+    name: str = "verify-copy"
+
+    def reverse(self) -> Step:
+        return Noop()
+
+
+@dataclass(frozen=True)
+class RewritePaths:
+    """Point the copy's container configs at the copy: dockerd 20.10 keeps volume sources
+    and log paths from config.v2.json, which name the old root."""
+
+    old: str
+    new: str
+    name: str = "rewrite-paths"
+
+    def reverse(self) -> Step:
+        return Noop()  # only the copy was changed; removing the copy undoes it
+
+
+@dataclass(frozen=True)
+class Relabel:
+    new: str
+    name: str = "selinux-relabel"
+
+    def reverse(self) -> Step:
+        return Noop()
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    config: str
+    new_root: str
+    backup: str
+    name: str = "switch-config"
+
+    def reverse(self) -> Step:
+        return RestoreConfig(self.config, self.backup)
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    config: str
+    backup: str
+    name: str = "restore-config"
+
+    def reverse(self) -> Step:
+        return Noop()
+
+
+@dataclass(frozen=True)
+class PostVerify:
+    host: str
+    root: str
+    images: int
+    containers: int
+    name: str = "post-verify"
+
+    def reverse(self) -> Step:
+        return Noop()
+
+
+@dataclass(frozen=True)
+class Noop:
+    name: str = "noop"
+
+    def reverse(self) -> Step:
+        return self
+
+
+Step = (
+    StopDaemon
+    | StartDaemon
+    | WaitIdle
+    | Copy
+    | RemoveCopy
+    | VerifyCopy
+    | RewritePaths
+    | Relabel
+    | SwitchConfig
+    | RestoreConfig
+    | PostVerify
+    | Noop
+)
+STEP_TYPES: dict[str, type[Step]] = {
+    t.name: t
+    for t in (
+        StopDaemon,
+        StartDaemon,
+        WaitIdle,
+        Copy,
+        RemoveCopy,
+        VerifyCopy,
+        RewritePaths,
+        Relabel,
+        SwitchConfig,
+        RestoreConfig,
+        PostVerify,
+        Noop,
+    )
+}
+
+
+def step_dict(step: Step) -> dict[str, Any]:
+    return asdict(step)
+
+
+def step_from_dict(doc: dict[str, Any]) -> Step:
+    return STEP_TYPES[str(doc["name"])](**doc)

@@ -1,0 +1,43 @@
+"""Relocation preflight and runs, for people and as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from dockergc.relocate.executor import RelocationView
+from dockergc.relocate.preflight import Preflight
+from dockergc.render.interface import human_bytes
+
+
+def preflight_text(pf: Preflight) -> str:
+    lines = [
+        f"relocate {pf.old} -> {pf.new}: {human_bytes(pf.bytes_to_copy)} in {pf.entries} entries"
+    ]
+    for c in pf.checks:
+        mark = "ok  " if c.ok else ("FAIL" if c.blocking else "note")
+        lines.append(f"  [{mark}] {c.name}: {c.detail}")
+    if pf.not_moving:
+        lines.append("  paths that do NOT move with data-root (check them yourself):")
+        lines += [f"    - {p}" for p in pf.not_moving]
+    if pf.selinux:
+        lines.append("  SELinux is enforcing: the copy will be relabelled (restorecon -R)")
+    lines.append("preflight " + ("passed" if pf.ok else "FAILED: nothing will be changed"))
+    return "\n".join(lines)
+
+
+def view_dict(view: RelocationView) -> dict[str, Any]:
+    return asdict(view)
+
+
+def view_text(view: RelocationView) -> str:
+    done = sum(1 for s in view.steps if s["done"])
+    text = (
+        f"relocation {view.run_id}: {view.state} ({view.old} -> {view.new}); "
+        f"{done}/{len(view.steps)} steps done"
+    )
+    if view.error:
+        text += f"\n  fault: {view.error}"
+    if view.timings:
+        text += "\n  " + ", ".join(f"{k} {v:.1f}s" for k, v in view.timings.items())
+    return text
