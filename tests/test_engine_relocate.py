@@ -228,3 +228,35 @@ def test_daemon_failing_on_the_new_root_rolls_back(host: tuple[Engine, str, str,
     assert json.loads(e.config.read_text())["data-root"] == str(e.root)
     assert state_of(e) == before
     assert_intact(e, e.root)
+
+
+def test_resume_after_dockergc_itself_died(host: tuple[Engine, str, str, Path]) -> None:
+    e, stop, start, tmp = host
+    before = state_of(e)
+
+    class Died(BaseException):
+        pass
+
+    def die_at_switch(step: S.Step) -> None:
+        if isinstance(step, S.SwitchConfig):
+            raise Died()  # not an error dockergc handles: the process is simply gone
+
+    with loop_fs(1200) as disk:
+        run_id = new_run_id()
+        control = Control(stop, start, f"unix://{e.sock}", e.config)
+        steps = plan_relocation(
+            e.root, disk / "docker", control, run_id, before[1], before[2], False
+        )
+        journal = executor.begin(tmp / "state", run_id, e.root, disk / "docker", steps)
+        with pytest.raises(Died):
+            executor.run(journal, executor.Context(run_id, before_step=die_at_switch))
+        assert executor.view_of(journal).state == "running"
+        out = json.loads(
+            run_cli(
+                "relocate", "--resume", run_id, "--state-dir", str(tmp / "state"), "--yes", "--json"
+            ).stdout
+        )
+        assert out["state"] == "relocated"
+        assert state_of(e) == (str(disk / "docker"), before[1], before[2])
+        assert_intact(e, disk / "docker")
+        subprocess.run(stop.split(), check=True)
