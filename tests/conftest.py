@@ -69,3 +69,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "engine" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=f"engine unavailable: {why}"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fd_limit() -> None:
+    """Deep test trees hold one fd per level while walked, as the CLI allows itself."""
+    from dockergc.measure import raise_fd_limit
+
+    raise_fd_limit()

@@ -9,10 +9,12 @@ import typer
 from dockergc.cli import relocate_cmds, report_cmds, run_cmds  # noqa: F401  (registers them)
 from dockergc.cli.app import _state, app
 from dockergc.errors import EXIT_ERROR, EXIT_OK, DockerGCError
+from dockergc.measure import raise_fd_limit
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every known error is one line on stderr and its exit code."""
+    raise_fd_limit()
     try:
         app(args=argv, prog_name="dockergc")
     except SystemExit as exc:  # typer's own exit: usage errors are 2, --help is 0

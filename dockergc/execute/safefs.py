@@ -129,37 +129,64 @@ def makedirs(root: str, rel: str, mode: int = 0o700) -> None:
 def remove_tree(root: str, rel: str) -> int:
     """Remove ``rel`` and everything below it; return bytes (blocks) freed.
 
-    Never follows a symlink (symlinks are unlinked as entries) and refuses, before
-    removing anything further, to descend into a directory on another filesystem.
+    Never follows a symlink (symlinks are unlinked as entries) and refuses to descend
+    into another filesystem or mount. Depth costs neither recursion nor file
+    descriptors: one directory is open at a time, and climbing back up re-opens ".."
+    only after checking it is the very directory we came from (as fts(3) does).
     """
     with open_parent(root, rel) as (pfd, name):
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         if not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=pfd)
             return int(st.st_blocks) * 512
-        freed = _remove_dir_contents(pfd, name, st.st_dev)
+        freed = _empty_dir(pfd, name, st)
         os.rmdir(name, dir_fd=pfd)
         fsync_dir(pfd)
         return freed + int(st.st_blocks) * 512
 
 
-def _remove_dir_contents(parent_fd: int, name: str, dev: int) -> int:
-    fd = open_dir_at(parent_fd, name)
+def _empty_dir(parent_fd: int, name: str, top: os.stat_result) -> int:
+    """Remove everything inside ``parent_fd/name`` (the dir itself stays)."""
     freed = 0
+    fd = open_dir_at(parent_fd, name)
+    # (dev, ino, name) of each directory on the way down, to verify ".." on the way up.
+    path: list[tuple[int, int, str]] = [(top.st_dev, top.st_ino, name)]
     try:
-        if os.fstat(fd).st_dev != dev:
-            raise UnsafePath(f"{name} is another filesystem (a mount); not removing it")
-        for entry in list(os.scandir(fd)):
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                if st.st_dev != dev:
-                    raise UnsafePath(f"{entry.name} is another filesystem; not removing it")
-                freed += _remove_dir_contents(fd, entry.name, dev)
-                os.rmdir(entry.name, dir_fd=fd)
-            else:
+        while True:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != path[-1][:2]:
+                raise UnsafePath("a directory changed identity while it was removed")
+            child = None
+            for entry in os.scandir(fd):
+                est = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(est.st_mode):
+                    if est.st_dev != top.st_dev:
+                        raise UnsafePath(f"{entry.name} is another filesystem; not removing it")
+                    child = (entry.name, est)
+                    break
                 os.unlink(entry.name, dir_fd=fd)
-            if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
-                freed += int(st.st_blocks) * 512
+                if est.st_nlink <= 1:
+                    freed += int(est.st_blocks) * 512
+            if child is not None:
+                nxt = open_dir_at(fd, child[0])
+                os.close(fd)
+                fd = nxt
+                path.append((child[1].st_dev, child[1].st_ino, child[0]))
+                continue
+            if len(path) == 1:
+                return freed
+            # This directory is empty: go up and remove it.
+            up = os.open("..", DIR_FLAGS, dir_fd=fd)
+            dev, ino, child_name = path.pop()
+            os.close(fd)
+            fd = up
+            ust = os.fstat(fd)
+            if (ust.st_dev, ust.st_ino) != path[-1][:2]:
+                raise UnsafePath("a parent directory was moved while its tree was removed")
+            est = os.stat(child_name, dir_fd=fd, follow_symlinks=False)
+            if (est.st_dev, est.st_ino) != (dev, ino) or not stat.S_ISDIR(est.st_mode):
+                raise UnsafePath("an emptied directory was replaced while it was removed")
+            freed += int(est.st_blocks) * 512
+            os.rmdir(child_name, dir_fd=fd)
     finally:
         os.close(fd)
-    return freed
