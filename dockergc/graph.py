@@ -75,6 +75,14 @@ class _Marker:
         for layer in snap.layers.layers:
             who = users.get(layer.chain_id, "no image (kept while layerdb holds it)")
             self.keep(layer.cache_id, f"layer {_short(layer.chain_id[7:])} of {who}")
+            if layer.cache_id not in self.dirs:
+                # moby renames a layer -removing before deleting its dir, so a plain
+                # entry without its dir is corruption or a hand deletion: its cache-id
+                # may be wrong, and the dir it meant would look orphaned.
+                self.freeze.append(
+                    f"layer {_short(layer.chain_id[7:])} names overlay2/{layer.cache_id}, "
+                    "which is missing"
+                )
         containers = {c.id: c for c in snap.containers.containers}
         for mount in snap.layers.mounts:
             owner = containers.get(mount.name)

@@ -101,6 +101,8 @@ def read_buildkit(root: Path) -> BuildkitStore:
             findings.append(Finding(str(rel), "unreadable", f"BuildKit records unreadable: {exc}"))
             continue
         files.append(str(rel))
+        if not len(data):
+            findings.append(Finding(str(rel), "empty", "BuildKit records file is empty"))
         try:
             hex_ids |= _hex_ids(data)
             if entry.name == "snapshots.db" and len(data):

@@ -18,6 +18,7 @@ class ContainerRecord:
     image: str | None
     driver: str | None
     running: bool
+    id_matches: bool = True  # config's ID is the dir name and State an object
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ def _parse(cid: str, text: str) -> ContainerRecord:
     driver = doc.get("Driver")
     name = doc.get("Name")
     return ContainerRecord(
+        id_matches=doc.get("ID") == cid and isinstance(doc.get("State"), dict),
         id=cid,
         name=name.lstrip("/") if isinstance(name, str) else "",
         image=image if isinstance(image, str) else None,
@@ -58,7 +60,16 @@ def read_containers(root: Path) -> ContainerStore:
             findings.append(Finding(str(rel), "unknown-entry", "not a container id; kept"))
             continue
         try:
-            containers.append(_parse(entry.name, read_text(root / rel / "config.v2.json")))
+            record = _parse(entry.name, read_text(root / rel / "config.v2.json"))
+            containers.append(record)
+            if not record.id_matches:
+                findings.append(
+                    Finding(
+                        str(rel / "config.v2.json"),
+                        "bad-format",
+                        "config's ID or State does not fit this container",
+                    )
+                )
         except UnreadableFile as exc:
             unreadable.append(entry.name)
             findings.append(Finding(str(rel / "config.v2.json"), exc.kind, f"container {exc}"))

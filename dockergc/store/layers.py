@@ -81,6 +81,10 @@ def _read_layer(root: Path, name: str, findings: list[Finding]) -> LayerRecord |
     if parent is not None and not is_digest(parent):
         findings.append(Finding(str(rel / "parent"), "bad-format", "parent is not a digest"))
         parent = None
+    if diff is not None and not is_digest(diff):
+        findings.append(Finding(str(rel / "diff"), "bad-format", "diff is not a sha256 digest"))
+    if size_text is not None and not size_text.isdigit():
+        findings.append(Finding(str(rel / "size"), "bad-format", "size is not a number"))
     size = int(size_text) if size_text and size_text.isdigit() else None
     return LayerRecord(
         chain_id="sha256:" + name,
@@ -102,6 +106,8 @@ def _read_mount(root: Path, name: str, findings: list[Finding]) -> MountRecord |
     if init_id is not None and MOUNT_ID.fullmatch(init_id) is None:
         findings.append(Finding(str(rel / "init-id"), "bad-format", "init-id is malformed"))
         init_id = None
+    if parent is not None and parent and not is_digest(parent):
+        findings.append(Finding(str(rel / "parent"), "bad-format", "parent is not a digest"))
     return MountRecord(name=name, mount_id=mount_id, init_id=init_id or None, parent=parent)
 
 

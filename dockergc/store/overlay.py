@@ -81,7 +81,21 @@ def _read_dir(root: Path, entry: os.DirEntry[str], findings: list[Finding]) -> O
     except UnreadableFile as exc:
         if exc.kind != "missing":
             findings.append(Finding(str(rel / "link"), exc.kind, f"link file {exc}"))
+        else:
+            findings.append(
+                Finding(str(rel / "link"), "missing-link", "layer dir has no link file")
+            )
     lower, lower_ok = _read_lower(root / rel / "lower", rel / "lower", findings)
+    if lower_ok and not lower and os.path.isdir(root / rel / "work"):
+        # Only non-base layers have work/; theirs must list their parents.
+        findings.append(
+            Finding(
+                str(rel / "lower"),
+                "missing-lower",
+                "non-base layer (it has work/) without a lower file",
+            )
+        )
+        lower_ok = False
     st = entry.stat(follow_symlinks=False)
     return OverlayDir(
         name=entry.name,

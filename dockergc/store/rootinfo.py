@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.errors import RefusedError, RootError, UsageError
-from dockergc.store.fsread import UnreadableFile, read_text
 
 DEFAULT_ROOT = Path("/var/lib/docker")
 DEFAULT_CONFIG = Path("/etc/docker/daemon.json")
@@ -58,13 +57,23 @@ class RootInfo:
 
 
 def read_daemon_config(path: Path) -> DaemonConfig | None:
-    """Parse daemon.json; missing is None, malformed is a usage error (say which file)."""
+    """Parse daemon.json; missing is None, malformed is a usage error (say which file).
+
+    Unlike files under the data root, this is the operator's own config in /etc: a
+    symlink to a config-managed file is normal, so it is followed.
+    """
     try:
-        text = read_text(path)
-    except UnreadableFile as exc:
-        if exc.kind == "missing":
-            return None
-        raise UsageError(f"daemon config {path} {exc}") from exc
+        with open(path, "rb") as fh:
+            data = fh.read(1 << 20 + 1)
+        if len(data) > 1 << 20:
+            raise UsageError(f"daemon config {path} is over 1 MiB; not a daemon.json")
+        text = data.decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"daemon config {path} is not valid UTF-8") from exc
+    except OSError as exc:
+        raise UsageError(f"daemon config {path} cannot be read: {exc.strerror}") from exc
     try:
         doc = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError as exc:
