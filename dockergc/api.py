@@ -96,8 +96,16 @@ def refuse_if_daemon(root: Path, live: bool) -> None:
 
 
 def refuse_if_unwritable(root: Path) -> None:
+    """Changing a root needs root: refuse otherwise, and refuse a root root does not own
+    (someone else's directory, or a path an attacker could have prepared)."""
     from dockergc.errors import RefusedError
 
+    if os.geteuid() != 0:
+        raise RefusedError("refusing: changing a Docker data root needs root (run with sudo)")
+    for path in (root, root / "overlay2"):
+        owner = os.lstat(path).st_uid
+        if owner != 0:
+            raise RefusedError(f"refusing: {path} is owned by uid {owner}, not root")
     if not os.access(root, os.W_OK) or not os.access(root / "overlay2", os.W_OK):
         raise RefusedError(f"refusing: {root} is not writable by this user (run as root)")
 

@@ -103,3 +103,39 @@ def test_scan_reports_findings_and_freeze(tmp_path: Path) -> None:
     assert doc["images"] == 1 and doc["layers"] == 1
     assert any(f["kind"] == "bad-json" for f in doc["findings"])
     assert doc["frozen"]
+
+
+def test_changing_commands_refuse_without_root(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from dockergc.cli.main import main
+
+    root = write_demo_root(tmp_path / "docker")
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    for args in (["gc", "--min-age", "0", "--yes"], ["purge", "--yes"], ["rollback", "x", "--yes"]):
+        assert main([*args, "--root", str(root), "--config-file", "/x"]) == 3
+        assert "needs root" in capsys.readouterr().err
+    # Reading is fine without root.
+    assert main(["plan", "--root", str(root), "--config-file", "/x"]) == 0
+
+
+def test_root_not_owned_by_root_is_refused(tmp_path: Path) -> None:
+    import os
+
+    root = write_demo_root(tmp_path / "docker")
+    os.chown(root, 65534, 65534)
+    proc = run_cli(
+        "gc", "--root", str(root), "--config-file", "/x", "--min-age", "0", "--yes", check=3
+    )
+    assert "owned by uid 65534" in proc.stderr
+
+
+def test_symlinked_root_is_resolved_once_and_printed(tmp_path: Path) -> None:
+    root = write_demo_root(tmp_path / "docker")
+    link = tmp_path / "var-lib-docker"
+    link.symlink_to(root)
+    proc = run_cli(
+        "gc", "--root", str(link), "--config-file", "/x", "--min-age", "0", "--yes", "--json"
+    )
+    assert f"resolves to {root}" in proc.stderr
+    import json
+
+    assert json.loads(proc.stdout)["root"] == str(root)

@@ -150,9 +150,9 @@ def test_unreadable_file_is_a_finding(
     src, files, live_before = pristine
     root = tmp_path / "docker"
     shutil.copytree(src, root, symlinks=True)
+    real_open = os.open
     for target in ("image config", "mount-id", "config.v2.json", "lower"):
         victim = str(root / files[target])
-        real_open = os.open
 
         def deny(path: object, *a: object, _v: str = victim, **k: object) -> int:
             if str(path) == _v:

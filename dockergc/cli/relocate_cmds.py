@@ -79,6 +79,8 @@ def relocate(
         raise UsageError("relocate needs --to NEW (or --resume RUN, or a subcommand)")
     target = api.resolve_target(root, config_file)
     old = target.root.path
+    if not dry_run:
+        api.refuse_if_unwritable(old)
     new = Path(os.path.realpath(to))
     engine = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
     pf, images, containers = api.relocation_facts(old, new, config_file, engine)

@@ -105,6 +105,8 @@ def gc(
     """Plan and apply in one (the nightly job). Items go to quarantine; 'purge' frees them."""
     policy = policy_from_flags(min_age, exclude, live)
     target = api.resolve_target(root, config_file)
+    if target.root.path != target.root.given:
+        typer.echo(f"note: data root {target.root.given} resolves to {target.root.path}", err=True)
     if not dry_run:  # refuse before the work of planning, and again under the lock
         api.refuse_if_daemon(target.root.path, live)
         api.refuse_if_unwritable(target.root.path)
@@ -160,6 +162,7 @@ def rollback(
     """Put every quarantined item of a run back where it was, newest first."""
     target = api.resolve_target(root, config_file)
     confirm(f"Restore everything run {run_id} quarantined?", yes)
+    api.refuse_if_unwritable(target.root.path)
     with exclusive(target.root.path):
         api.refuse_if_daemon(target.root.path, live)
         view = runner.rollback_run(
@@ -187,6 +190,7 @@ def purge(
     seconds = parse_duration(older_than, "--older-than")
     target = api.resolve_target(root, config_file)
     confirm("Delete quarantined items for good? This cannot be undone.", yes)
+    api.refuse_if_unwritable(target.root.path)
     with exclusive(target.root.path):
         views = runner.purge_runs(
             target.root.path, seconds, run, runner.Options(progress=_progress(json))
