@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from dockergc import api
 from dockergc.cli.app import ConfigOpt, JsonOpt, RootOpt, YesOpt, app, confirm
 from dockergc.daemon import DEFAULT_HOST, SYSTEMD_START, SYSTEMD_STOP
 from dockergc.errors import RefusedError, UsageError
-from dockergc.execute.journal import new_run_id
+from dockergc.execute.journal import Journal, new_run_id
 from dockergc.execute.runner import unfinished_runs
 from dockergc.lock import exclusive
 from dockergc.relocate import executor
@@ -106,38 +107,48 @@ def relocate(
     typer.echo(dumps(view_dict(view)) if json else view_text(view))
 
 
+RunIdArg = Annotated[str | None, typer.Argument(help="Relocation id [default: the latest].")]
+
+
+def _after_the_fact(
+    run_id: str | None,
+    state_dir: Path,
+    yes: bool,
+    json: bool,
+    question: str,
+    act: Callable[[Journal, executor.Context], executor.RelocationView],
+) -> executor.RelocationView:
+    """rollback/finalize: pick the run, ask, act, render."""
+    rid = run_id or executor.latest(state_dir)
+    journal = executor.journal_for(state_dir, rid)
+    confirm(question.format(rid=rid, old=executor.view_of(journal).old), yes)
+    view = act(journal, _ctx(rid, json))
+    typer.echo(dumps(view_dict(view)) if json else view_text(view))
+    return view
+
+
 @relocate_app.command("rollback")
 def relocate_rollback(
-    run_id: Annotated[
-        str | None, typer.Argument(help="Relocation id [default: the latest].")
-    ] = None,
+    run_id: RunIdArg = None,
     state_dir: StateOpt = DEFAULT_STATE,
     yes: YesOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Go back to the old root: stop, restore daemon.json, remove the copy, start."""
-    rid = run_id or executor.latest(state_dir)
-    confirm(
-        f"Roll relocation {rid} back to the old root? Changes made on the new root are lost.", yes
-    )
-    view = executor.rollback(executor.journal_for(state_dir, rid), _ctx(rid, json))
-    typer.echo(dumps(view_dict(view)) if json else view_text(view))
+    question = "Roll relocation {rid} back to {old}? Changes made on the new root are lost."
+    view = _after_the_fact(run_id, state_dir, yes, json, question, executor.rollback)
     if view.state != "rolled-back":
         raise typer.Exit(1)
 
 
 @relocate_app.command("finalize")
 def relocate_finalize(
-    run_id: Annotated[
-        str | None, typer.Argument(help="Relocation id [default: the latest].")
-    ] = None,
+    run_id: RunIdArg = None,
     state_dir: StateOpt = DEFAULT_STATE,
     yes: YesOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Remove the old root after a successful relocation. This cannot be undone."""
-    rid = run_id or executor.latest(state_dir)
-    view = executor.view_of(executor.journal_for(state_dir, rid))
-    confirm(f"Delete the old root {view.old} for good?", yes)
-    view = executor.finalize(executor.journal_for(state_dir, rid), _ctx(rid, json))
-    typer.echo(dumps(view_dict(view)) if json else view_text(view))
+    _after_the_fact(
+        run_id, state_dir, yes, json, "Delete the old root {old} for good?", executor.finalize
+    )

@@ -7,9 +7,10 @@ replayed backwards through ``reverse()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from dockergc.registry import Registry
 
 
 class Irreversible(Exception):
@@ -59,19 +60,10 @@ def op_from_dict(doc: dict[str, Any]) -> Op:
     return factory(**doc)
 
 
-Implementation = Callable[[str, Any], Any]
-_IMPLEMENTATIONS: dict[type, Implementation] = {}
-
-
-def implementation_for(op_type: type) -> Callable[[Implementation], Implementation]:
-    """Register the function that carries out ``op_type`` (one dispatch point)."""
-
-    def register(fn: Implementation) -> Implementation:
-        _IMPLEMENTATIONS[op_type] = fn
-        return fn
-
-    return register
+OPERATIONS = Registry("gc operation")
+implementation_for = OPERATIONS.implementation_for
 
 
 def perform(root: str, op: Op) -> Any:
-    return _IMPLEMENTATIONS[type(op)](root, op)
+    """Carry out ``op`` under ``root`` (implementations: execute/impl.py)."""
+    return OPERATIONS.perform(op, root)

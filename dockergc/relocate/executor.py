@@ -22,6 +22,7 @@ from dockergc import daemon
 from dockergc.errors import DockerGCError, RefusedError, UsageError
 from dockergc.execute import safefs
 from dockergc.execute.journal import Journal
+from dockergc.registry import Registry
 from dockergc.relocate import steps as S
 from dockergc.relocate.verify import compare
 from dockergc.store.snapshot import read_pins
@@ -44,16 +45,8 @@ class Context:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-Impl = Callable[[Any, Context], None]
-_IMPL: dict[type, Impl] = {}
-
-
-def implementation_for(step_type: type) -> Callable[[Impl], Impl]:
-    def register(fn: Impl) -> Impl:
-        _IMPL[step_type] = fn
-        return fn
-
-    return register
+STEPS = Registry("relocation step")
+implementation_for = STEPS.implementation_for
 
 
 @implementation_for(S.StopDaemon)
@@ -207,7 +200,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def perform(step: S.Step, ctx: Context) -> None:
-    _IMPL[type(step)](step, ctx)
+    STEPS.perform(step, ctx)
 
 
 # -- the run ------------------------------------------------------------------------------
