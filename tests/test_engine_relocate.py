@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -260,3 +261,44 @@ def test_resume_after_dockergc_itself_died(host: tuple[Engine, str, str, Path]) 
         assert state_of(e) == (str(disk / "docker"), before[1], before[2])
         assert_intact(e, disk / "docker")
         subprocess.run(stop.split(), check=True)
+
+
+def _shadowed_entries(old: Path) -> list[str]:
+    """What lies under the bind mount at ``old`` (a non-recursive bind of its filesystem)."""
+    view = Path(tempfile.mkdtemp(prefix="dgc-peek-"))
+    subprocess.run(["mount", "--bind", "/", str(view)], check=True)
+    try:
+        return sorted(os.listdir(view / old.relative_to("/")))
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+        view.rmdir()
+
+
+def test_bind_mode_keeps_the_path_rolls_back_and_finalizes(
+    host: tuple[Engine, str, str, Path],
+) -> None:
+    e, stop, start, tmp = host
+    before = state_of(e)
+    config_before = e.config.read_text()
+    with loop_fs(1200) as disk:
+        new = disk / "docker"
+        try:
+            out = relocate_cli(e, stop, start, new, tmp / "state", "--bind")
+            assert f"{new} {e.root} none bind 0 0" in out.stdout
+            assert e.config.read_text() == config_before  # the path did not change
+            assert state_of(e) == before
+            assert_intact(e, e.root)
+            assert os.statvfs(e.root).f_blocks == os.statvfs(disk).f_blocks  # on the new disk
+            run_cli("relocate", "rollback", "--state-dir", str(tmp / "state"), "--yes")
+            assert os.statvfs(e.root).f_blocks != os.statvfs(disk).f_blocks
+            assert not any(new.iterdir())
+            assert_intact(e, e.root)
+
+            relocate_cli(e, stop, start, new, tmp / "state", "--bind")
+            assert "overlay2" in _shadowed_entries(e.root)
+            run_cli("relocate", "finalize", "--state-dir", str(tmp / "state"), "--yes")
+            assert [p for p in _shadowed_entries(e.root) if p != ".dockergc"] == []
+            assert_intact(e, e.root)
+        finally:
+            subprocess.run(stop.split(), check=False)
+            subprocess.run(["umount", "-l", str(e.root)], capture_output=True)

@@ -40,6 +40,22 @@ def test_every_step_round_trips_and_rollback_reverses_are_the_right_ones(tmp_pat
     assert backs["start-daemon"] == S.StopDaemon("stop", "start", "unix:///s", "/new")
 
 
+def test_bind_mode_keeps_the_path_and_the_config(tmp_path: Path) -> None:
+    control = Control("stop", "start", "unix:///s", tmp_path / "daemon.json")
+    plan = plan_relocation(Path("/old"), Path("/new"), control, "r1", 3, 2, False, bind=True)
+    assert [s.name for s in plan] == [
+        "stop-daemon",
+        "wait-idle",
+        "copy",
+        "verify-copy",
+        "bind-mount",
+        "start-daemon",
+        "post-verify",
+    ]
+    assert plan[4].reverse() == S.Unmount("/old", "/new")
+    assert plan[5] == S.StartDaemon("start", "stop", "unix:///s", "/old")
+
+
 def test_rebase_moves_only_paths_under_the_old_root() -> None:
     doc = {
         "LogPath": "/var/lib/docker/containers/a/a-json.log",

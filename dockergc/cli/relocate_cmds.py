@@ -64,6 +64,14 @@ def relocate(
         typer.Option("--resume", help="Go on with a relocation dockergc itself did not finish."),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight only.")] = False,
+    bind: Annotated[
+        bool,
+        typer.Option(
+            "--bind",
+            help="Keep the path: bind-mount the copy over the old root "
+            "(daemon.json unchanged; an fstab line is printed).",
+        ),
+    ] = False,
     yes: YesOpt = False,
     json: JsonOpt = False,
 ) -> None:
@@ -95,7 +103,7 @@ def relocate(
     confirm(f"Stop the daemon and move {old} to {new}?", yes)
     run_id = new_run_id()
     control = Control(stop_cmd, start_cmd, engine, config_file)
-    steps = plan_relocation(old, new, control, run_id, images, containers, pf.selinux)
+    steps = plan_relocation(old, new, control, run_id, images, containers, pf.selinux, bind)
     with exclusive(old):
         for unfinished in unfinished_runs(old):
             raise RefusedError(

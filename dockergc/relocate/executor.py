@@ -129,6 +129,27 @@ def _relabel(step: S.Relabel, ctx: Context) -> None:
         daemon.run_command(f"restorecon -R {step.new}", ctx.timeout * 10)
 
 
+def _mounted_at(path: str) -> bool:
+    with open("/proc/self/mountinfo", errors="surrogateescape") as fh:
+        return any(line.split()[4] == path for line in fh)
+
+
+@implementation_for(S.BindMount)
+def _bind(step: S.BindMount, ctx: Context) -> None:
+    if not _mounted_at(step.old):
+        daemon.run_command(f"mount --bind {step.new} {step.old}", ctx.timeout)
+
+
+@implementation_for(S.Unmount)
+def _unmount(step: S.Unmount, ctx: Context) -> None:
+    if _mounted_at(step.old):
+        daemon.run_command(f"umount {step.old}", ctx.timeout)
+
+
+def fstab_line(new: str, old: str) -> str:
+    return f"{new} {old} none bind 0 0"
+
+
 @implementation_for(S.SwitchConfig)
 def _switch(step: S.SwitchConfig, ctx: Context) -> None:
     config = Path(step.config)
@@ -215,6 +236,7 @@ class RelocationView:
     steps: list[dict[str, Any]]
     error: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    fstab: str = ""  # --bind mode: the line that makes the mount permanent
 
 
 def journal_for(state_dir: Path, run_id: str) -> Journal:
@@ -313,7 +335,11 @@ def view_of(journal: Journal) -> RelocationView:
             timings = r.get("timings", timings)
     done = {int(r["seq"]) for r in records if r.get("type") == "done"}
     steps = [{"step": d["name"], "done": i in done} for i, d in enumerate(head["steps"])]
-    return RelocationView(journal.run_id, state, head["old"], head["new"], steps, error, timings)
+    bind = any(d["name"] == "bind-mount" for d in head["steps"])
+    fstab = fstab_line(head["new"], head["old"]) if bind else ""
+    return RelocationView(
+        journal.run_id, state, head["old"], head["new"], steps, error, timings, fstab
+    )
 
 
 def latest(state_dir: Path) -> str:
@@ -350,15 +376,53 @@ def finalize(journal: Journal, ctx: Context) -> RelocationView:
             "relocation can be finalized"
         )
     old = Path(view.old)
-    users = daemon.processes_using(old)
-    if users:
-        raise RefusedError(f"refusing to remove {old}: used by {', '.join(users)}")
-    pins, _ = read_pins(old)
-    busy = sorted(p for p in pins if p != str(old))
-    if busy:
-        raise RefusedError(f"refusing to remove {old}: {busy[0]} is mounted")
+    # In --bind mode the daemon keeps using the old *path*; what is removed is what the
+    # bind mount hides, which nothing can reach. Otherwise nothing may use the old root.
+    if not view.fstab:
+        users = daemon.processes_using(old)
+        if users:
+            raise RefusedError(f"refusing to remove {old}: used by {', '.join(users)}")
+        pins, _ = read_pins(old)
+        busy = sorted(p for p in pins if p != str(old))
+        if busy:
+            raise RefusedError(f"refusing to remove {old}: {busy[0]} is mounted")
     journal.append({"type": "finalize-begin"})
-    for entry in sorted(os.listdir(old)):
-        safefs.remove_tree(str(old), entry)
+    if view.fstab:
+        _remove_shadowed(old)
+    else:
+        for entry in sorted(os.listdir(old)):
+            safefs.remove_tree(str(old), entry)
     journal.append({"type": "finalize-end", "state": "finalized"})
     return view_of(journal)
+
+
+def _remove_shadowed(old: Path) -> None:
+    """--bind mode: the old contents lie under the bind mount. A non-recursive bind of the
+    filesystem holding them shows them (submounts are not carried), so remove them there."""
+    import tempfile
+
+    from dockergc.store.mountinfo import parse_mountinfo, root_fs_path
+
+    with open("/proc/self/mountinfo", errors="surrogateescape") as fh:
+        entries = parse_mountinfo(fh.read())
+    parent = str(old.parent)
+    holder = max(
+        (
+            e
+            for e in entries
+            if parent == e.mount_point or parent.startswith(e.mount_point.rstrip("/") + "/")
+        ),
+        key=lambda e: len(e.mount_point),
+    )
+    if root_fs_path(entries, parent) is None:
+        raise RefusedError(f"cannot find the filesystem holding {old}")
+    view = Path(tempfile.mkdtemp(prefix="dockergc-shadow-"))
+    daemon.run_command(f"mount --bind {holder.mount_point} {view}")
+    try:
+        rel = os.path.relpath(old, holder.mount_point)
+        under = view / rel
+        for entry in sorted(os.listdir(under)):
+            safefs.remove_tree(str(under), entry)
+    finally:
+        daemon.run_command(f"umount {view}")
+        view.rmdir()

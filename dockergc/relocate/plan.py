@@ -24,20 +24,27 @@ def plan_relocation(
     images: int,
     containers: int,
     selinux: bool,
+    bind: bool = False,
 ) -> list[S.Step]:
+    """The steps; with ``bind`` the path stays: the copy is bind-mounted over the old root
+    and daemon.json is left alone."""
     backup = f"{control.config}.dockergc-{run_id}.bak"
     plan: list[S.Step] = [
         S.StopDaemon(control.stop_cmd, control.start_cmd, control.host, str(old)),
         S.WaitIdle(str(old)),
         S.Copy(str(old), str(new)),
         S.VerifyCopy(str(old), str(new)),
-        S.RewritePaths(str(old), str(new)),
     ]
+    if not bind:
+        plan.append(S.RewritePaths(str(old), str(new)))
     if selinux:
         plan.append(S.Relabel(str(new)))
+    root = old if bind else new
     plan += [
-        S.SwitchConfig(str(control.config), str(new), backup),
-        S.StartDaemon(control.start_cmd, control.stop_cmd, control.host, str(new)),
-        S.PostVerify(control.host, str(new), images, containers),
+        S.BindMount(str(new), str(old))
+        if bind
+        else S.SwitchConfig(str(control.config), str(new), backup),
+        S.StartDaemon(control.start_cmd, control.stop_cmd, control.host, str(root)),
+        S.PostVerify(control.host, str(root), images, containers),
     ]
     return plan

@@ -92,6 +92,28 @@ class Relabel:
 
 
 @dataclass(frozen=True)
+class BindMount:
+    """--bind mode: keep the path; mount the new disk's copy over the old root."""
+
+    new: str
+    old: str
+    name: str = "bind-mount"
+
+    def reverse(self) -> Step:
+        return Unmount(self.old, self.new)
+
+
+@dataclass(frozen=True)
+class Unmount:
+    old: str
+    new: str
+    name: str = "unmount"
+
+    def reverse(self) -> Step:
+        return BindMount(self.new, self.old)
+
+
+@dataclass(frozen=True)
 class SwitchConfig:
     config: str
     new_root: str
@@ -141,6 +163,8 @@ Step = (
     | VerifyCopy
     | RewritePaths
     | Relabel
+    | BindMount
+    | Unmount
     | SwitchConfig
     | RestoreConfig
     | PostVerify
@@ -157,6 +181,8 @@ STEP_TYPES: dict[str, type[Step]] = {
         VerifyCopy,
         RewritePaths,
         Relabel,
+        BindMount,
+        Unmount,
         SwitchConfig,
         RestoreConfig,
         PostVerify,

@@ -38,6 +38,9 @@ def view_text(view: RelocationView) -> str:
     )
     if view.error:
         text += f"\n  fault: {view.error}"
+    if view.fstab:
+        text += "\n  --bind: add this line to /etc/fstab to keep the mount across reboots:"
+        text += f"\n    {view.fstab}"
     if view.timings:
         text += "\n  " + ", ".join(f"{k} {v:.1f}s" for k, v in view.timings.items())
     return text
