@@ -331,8 +331,24 @@ def make_plan(
     ]
     acted: set[str] = set()
     held: dict[str, str] = {}  # candidate path -> why it is kept
+    # A -removing record younger than the grace period: the daemon may be deleting that
+    # layer right now, while its dir (not yet touched) still looks old. Keep the dir.
+    for cand in cands:
+        u = usage.get(cand.path)
+        if (
+            cand.kind == "removing-layer"
+            and cand.depends_on
+            and u is not None
+            and (policy.now - u.newest_change < policy.min_age)
+        ):
+            held[cand.depends_on] = (
+                f"its layerdb record {cand.path.rsplit('/', 1)[-1][:20]}…-removing is younger "
+                "than the grace period: the daemon may be deleting it now"
+            )
     for cand in sorted(cands, key=lambda c: (c.depends_on is not None, c.path)):
-        reason = _keep_reason(snap, graph, cand, usage.get(cand.path), policy, acted, held)
+        reason = held.get(cand.path) or _keep_reason(
+            snap, graph, cand, usage.get(cand.path), policy, acted, held
+        )
         if reason:
             held[cand.path] = reason
             kept.append(Kept(cand.path, cand.kind, reason))

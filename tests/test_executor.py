@@ -111,6 +111,33 @@ def test_reference_appearing_after_planning_skips_the_item(tmp_path: Path) -> No
     assert (root / orphan.path).is_dir()
 
 
+def test_tampered_plan_naming_live_paths_is_skipped(tmp_path: Path) -> None:
+    root, plan = demo(tmp_path)
+    live_dir = next(
+        d.name
+        for d in (root / "overlay2").iterdir()
+        if len(d.name) == 64 and d.name not in {a.path[9:] for a in plan.actions}
+    )
+    st = os.lstat(root / "overlay2" / live_dir)
+    doc = plan.to_dict()
+    forged = dict(
+        doc["actions"][0],
+        id="forged",
+        kind="orphan-layer",
+        path=f"overlay2/{live_dir}",
+        dev=st.st_dev,
+        ino=st.st_ino,
+        depends_on=None,
+    )
+    doc["actions"] = [forged] + [
+        dict(a, path="volumes/pgdata", id="vol") for a in doc["actions"][:1]
+    ]
+    view = runner.start_run(root, Plan.from_dict(doc), opts())
+    assert view.steps == []
+    assert {k["path"] for k in view.skipped} == {f"overlay2/{live_dir}", "volumes/pgdata"}
+    assert (root / "overlay2" / live_dir).is_dir() and (root / "volumes/pgdata").is_dir()
+
+
 def test_mount_appearing_after_planning_skips_the_item(tmp_path: Path) -> None:
     root, plan = demo(tmp_path)
     orphan = next(a for a in plan.actions if a.kind == "stale-init")

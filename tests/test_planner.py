@@ -172,6 +172,25 @@ def test_grace_period_keeps_young_candidates_with_reason(tmp_path: Path) -> None
         assert "younger than the grace period" in reasons[path]
 
 
+def test_young_removing_record_keeps_its_dir_whatever_the_dir_age(tmp_path: Path) -> None:
+    import time
+
+    w = world(tmp_path)
+    interrupted_layer_removal(w)
+    w.b.finish()
+    removing = next(p for k, p in w.expect if k == "removing-layer")
+    dir_path = next(p for k, p in w.expect if k == "orphan-layer")
+    time.sleep(2)
+    (w.root / removing / "touch").write_text("x")  # the daemon renamed it a moment ago
+    now = time.time()
+    _, _, young = plan_root(w.root, Policy(min_age=1.5, now=now + 0.3), NO_MOUNTS)
+    kept = {k.path: k.reason for k in young.kept}
+    assert "daemon may be deleting it now" in kept[dir_path]
+    assert removing in kept
+    _, _, old = plan_root(w.root, Policy(min_age=1.5, now=now + 2), NO_MOUNTS)
+    assert {dir_path, removing} <= {a.path for a in old.actions}
+
+
 def test_exclude_keeps_matching_paths_and_their_links(tmp_path: Path) -> None:
     w = world(tmp_path)
     interrupted_pull(w)

@@ -51,12 +51,19 @@ class Journal:
     def append(self, record: dict[str, Any]) -> None:
         """Write one record and fsync it: after this returns, it survives a crash."""
         line = json.dumps({"t": round(time.time(), 3), **record}, ensure_ascii=True) + "\n"
+        new = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, line.encode())
             os.fsync(fd)
         finally:
             os.close(fd)
+        if new:  # make the new file's directory entry durable too
+            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record; a torn last line (a crash mid-write) is ignored."""
