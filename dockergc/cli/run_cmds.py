@@ -143,7 +143,10 @@ def runs(
 ) -> None:
     """List journaled runs with their state and bytes in quarantine."""
     target = api.resolve_target(root, config_file)
-    views = [load(target.root.path, r) for r in list_runs(target.root.path)]
+    views = sorted(
+        (load(target.root.path, r) for r in list_runs(target.root.path)),
+        key=lambda v: (v.created, v.run_id),
+    )
     if json:
         typer.echo(dumps({"runs": [run_to_dict(v) for v in views]}))
     else:

@@ -24,7 +24,9 @@ RUNS = f"{STATE_DIR}/runs"
 
 
 def new_run_id(now: float | None = None) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now or time.time()))
+    """Sortable by time to the millisecond, unique by a random suffix."""
+    t = now or time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(t)) + f"{int(t * 1000) % 1000:03d}Z"
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
