@@ -155,7 +155,9 @@ def test_unreadable_file_is_a_finding(
         victim = str(root / files[target])
 
         def deny(path: object, *a: object, _v: str = victim, **k: object) -> int:
-            if str(path) == _v:
+            fd = k.get("dir_fd")
+            full = str(path) if fd is None else os.readlink(f"/proc/self/fd/{fd}") + f"/{path}"
+            if full == _v:
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *a, **k)  # type: ignore[arg-type]
 

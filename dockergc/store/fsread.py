@@ -21,10 +21,26 @@ class UnreadableFile(Exception):
         self.kind = kind
 
 
-def read_bytes(path: Path, limit: int = MAX_METADATA_BYTES) -> bytes:
-    """Read a regular file without following a symlink in its last component."""
+def open_dir(path: Path | str, dir_fd: int | None = None) -> int | None:
+    """An fd for a real directory (never through a symlink); None if absent or not a dir."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(path, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def read_bytes(
+    path: Path | str, limit: int = MAX_METADATA_BYTES, dir_fd: int | None = None
+) -> bytes:
+    """Read a regular file without following a symlink in its last component
+    (relative to ``dir_fd`` when given: the cheap and race-free way inside a layer dir)."""
+    try:
+        fd = os.open(
+            path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
     except FileNotFoundError as exc:
         raise UnreadableFile("missing", "file is missing") from exc
     except OSError as exc:
@@ -37,9 +53,10 @@ def read_bytes(path: Path, limit: int = MAX_METADATA_BYTES) -> bytes:
             raise UnreadableFile("not-a-file", "is not a regular file")
         if st.st_size > limit:
             raise UnreadableFile("too-large", f"is {st.st_size} bytes, over the {limit} limit")
-        chunks = []
-        remaining = limit + 1
-        while remaining > 0:
+        # One read sized from fstat (+1 to see growth) covers the usual small file.
+        chunks = [os.read(fd, min(st.st_size + 1, limit + 1))]
+        remaining = limit + 1 - len(chunks[0])
+        while remaining > 0 and len(chunks[-1]) > st.st_size and chunks[-1]:
             chunk = os.read(fd, min(remaining, 1 << 20))
             if not chunk:
                 break
@@ -55,9 +72,9 @@ def read_bytes(path: Path, limit: int = MAX_METADATA_BYTES) -> bytes:
         os.close(fd)
 
 
-def read_text(path: Path, limit: int = MAX_METADATA_BYTES) -> str:
+def read_text(path: Path | str, limit: int = MAX_METADATA_BYTES, dir_fd: int | None = None) -> str:
     """Read a small UTF-8 text file; bad encoding is an ``UnreadableFile``."""
-    data = read_bytes(path, limit)
+    data = read_bytes(path, limit, dir_fd)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, list_dir, read_text
+from dockergc.store.fsread import UnreadableFile, list_dir, open_dir, read_text
 from dockergc.store.ids import is_digest, is_hex64
 
 LAYERDB = Path("image/overlay2/layerdb")
@@ -58,56 +59,74 @@ class LayerStore:
     findings: tuple[Finding, ...]
 
 
-def _optional(path: Path, rel: Path, findings: list[Finding]) -> str | None:
-    try:
-        return read_text(path).strip()
-    except UnreadableFile as exc:
-        if exc.kind != "missing":
-            findings.append(Finding(str(rel), exc.kind, f"layer metadata {exc}"))
-        return None
+class _RecordDir:
+    """The small files of one layerdb entry, read through the entry's own fd: no path is
+    resolved twice, and an entry that is a symlink is never read through."""
+
+    def __init__(self, root: Path, rel: str, findings: list[Finding]) -> None:
+        self.rel = rel
+        self.findings = findings
+        self.fd = open_dir(os.path.join(root, rel))
+
+    def __enter__(self) -> _RecordDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+    def text(self, name: str) -> str | None:
+        if self.fd is None:
+            return None
+        try:
+            return read_text(name, dir_fd=self.fd).strip()
+        except UnreadableFile as exc:
+            if exc.kind != "missing":
+                where = f"{self.rel}/{name}"
+                self.findings.append(Finding(where, exc.kind, f"layer metadata {exc}"))
+            return None
+
+    def bad(self, name: str, message: str) -> None:
+        self.findings.append(Finding(f"{self.rel}/{name}", "bad-format", message))
 
 
 def _read_layer(root: Path, name: str, findings: list[Finding]) -> LayerRecord | None:
-    rel = LAYERDB / "sha256" / name
-    cache_id = _optional(root / rel / "cache-id", rel / "cache-id", findings)
-    if not cache_id or CACHE_ID.fullmatch(cache_id) is None:
-        findings.append(
-            Finding(str(rel), "bad-layer", "layer has no usable cache-id; the daemon skips it")
-        )
-        return None
-    diff = _optional(root / rel / "diff", rel / "diff", findings)
-    parent = _optional(root / rel / "parent", rel / "parent", findings)
-    size_text = _optional(root / rel / "size", rel / "size", findings)
-    if parent is not None and not is_digest(parent):
-        findings.append(Finding(str(rel / "parent"), "bad-format", "parent is not a digest"))
-        parent = None
-    if diff is not None and not is_digest(diff):
-        findings.append(Finding(str(rel / "diff"), "bad-format", "diff is not a sha256 digest"))
-    if size_text is not None and not size_text.isdigit():
-        findings.append(Finding(str(rel / "size"), "bad-format", "size is not a number"))
-    size = int(size_text) if size_text and size_text.isdigit() else None
+    with _RecordDir(root, f"{LAYERDB}/sha256/{name}", findings) as d:
+        cache_id = d.text("cache-id")
+        if not cache_id or CACHE_ID.fullmatch(cache_id) is None:
+            findings.append(
+                Finding(d.rel, "bad-layer", "layer has no usable cache-id; the daemon skips it")
+            )
+            return None
+        diff, parent, size_text = d.text("diff"), d.text("parent"), d.text("size")
+        if parent is not None and not is_digest(parent):
+            d.bad("parent", "parent is not a digest")
+            parent = None
+        if diff is not None and not is_digest(diff):
+            d.bad("diff", "diff is not a sha256 digest")
+        if size_text is not None and not size_text.isdigit():
+            d.bad("size", "size is not a number")
     return LayerRecord(
         chain_id="sha256:" + name,
         cache_id=cache_id,
         diff_id=diff if diff and is_digest(diff) else None,
         parent=parent,
-        size=size,
+        size=int(size_text) if size_text and size_text.isdigit() else None,
     )
 
 
 def _read_mount(root: Path, name: str, findings: list[Finding]) -> MountRecord | None:
-    rel = LAYERDB / "mounts" / name
-    mount_id = _optional(root / rel / "mount-id", rel / "mount-id", findings)
-    if not mount_id or MOUNT_ID.fullmatch(mount_id) is None:
-        findings.append(Finding(str(rel), "bad-mount", "mount record has no usable mount-id"))
-        return None
-    init_id = _optional(root / rel / "init-id", rel / "init-id", findings)
-    parent = _optional(root / rel / "parent", rel / "parent", findings)
-    if init_id is not None and MOUNT_ID.fullmatch(init_id) is None:
-        findings.append(Finding(str(rel / "init-id"), "bad-format", "init-id is malformed"))
-        init_id = None
-    if parent is not None and parent and not is_digest(parent):
-        findings.append(Finding(str(rel / "parent"), "bad-format", "parent is not a digest"))
+    with _RecordDir(root, f"{LAYERDB}/mounts/{name}", findings) as d:
+        mount_id = d.text("mount-id")
+        if not mount_id or MOUNT_ID.fullmatch(mount_id) is None:
+            findings.append(Finding(d.rel, "bad-mount", "mount record has no usable mount-id"))
+            return None
+        init_id, parent = d.text("init-id"), d.text("parent")
+        if init_id is not None and MOUNT_ID.fullmatch(init_id) is None:
+            d.bad("init-id", "init-id is malformed")
+            init_id = None
+        if parent and not is_digest(parent):
+            d.bad("parent", "parent is not a digest")
     return MountRecord(name=name, mount_id=mount_id, init_id=init_id or None, parent=parent)
 
 
@@ -136,7 +155,8 @@ def read_layers(root: Path) -> LayerStore:
             else:
                 bad_layers.append(name)
         elif REMOVING.fullmatch(name):
-            cache_id = _optional(root / rel / "cache-id", rel / "cache-id", findings)
+            with _RecordDir(root, str(rel), findings) as d:
+                cache_id = d.text("cache-id")
             ok = cache_id and CACHE_ID.fullmatch(cache_id)
             removing.append(RemovingRecord(name=name, cache_id=cache_id if ok else None))
         else:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, list_dir, read_text
+from dockergc.store.fsread import UnreadableFile, list_dir, open_dir, read_text
 
 OVERLAY = Path("overlay2")
 SHORT_LINK = re.compile(r"[A-Z2-7]{26}")
@@ -47,97 +46,113 @@ class OverlayStore:
     dev: int | None  # device of overlay2/ itself
 
 
-def _read_lower(path: Path, rel: Path, findings: list[Finding]) -> tuple[tuple[str, ...], bool]:
+def _read_lower(dfd: int, rel: str, findings: list[Finding]) -> tuple[tuple[str, ...], bool]:
     try:
-        text = read_text(path, limit=64 * 1024).strip()
+        text = read_text("lower", limit=64 * 1024, dir_fd=dfd).strip()
     except UnreadableFile as exc:
         if exc.kind == "missing":
             return (), True
-        findings.append(Finding(str(rel), exc.kind, f"lower file {exc}"))
+        findings.append(Finding(rel, exc.kind, f"lower file {exc}"))
         return (), False
     if not text:
         # Abrupt stops have left empty lower files; a base layer has none at all.
-        findings.append(Finding(str(rel), "empty-lower", "lower file is empty"))
+        findings.append(Finding(rel, "empty-lower", "lower file is empty"))
         return (), False
     shorts: list[str] = []
     for part in text.split(":"):
         short = part[2:] if part.startswith("l/") else None
         if short is None or SHORT_LINK.fullmatch(short) is None:
-            findings.append(Finding(str(rel), "bad-format", f"lower entry {part[:40]!r} malformed"))
+            findings.append(Finding(rel, "bad-format", f"lower entry {part[:40]!r} malformed"))
             return tuple(shorts), False
         shorts.append(short)
     return tuple(shorts), True
 
 
-def _read_dir(root: Path, entry: os.DirEntry[str], findings: list[Finding]) -> OverlayDir:
-    rel = OVERLAY / entry.name
-    link: str | None = None
+def _read_link(dfd: int, rel: str, findings: list[Finding]) -> str | None:
     try:
-        text = read_text(root / rel / "link", limit=4096).strip()
-        if SHORT_LINK.fullmatch(text):
-            link = text
-        else:
-            findings.append(Finding(str(rel / "link"), "bad-format", "link is not a short name"))
+        text = read_text("link", limit=4096, dir_fd=dfd).strip()
     except UnreadableFile as exc:
-        if exc.kind != "missing":
-            findings.append(Finding(str(rel / "link"), exc.kind, f"link file {exc}"))
-        else:
-            findings.append(
-                Finding(str(rel / "link"), "missing-link", "layer dir has no link file")
-            )
-    lower, lower_ok = _read_lower(root / rel / "lower", rel / "lower", findings)
-    if lower_ok and not lower and os.path.isdir(root / rel / "work"):
-        # Only non-base layers have work/; theirs must list their parents.
-        findings.append(
-            Finding(
-                str(rel / "lower"),
-                "missing-lower",
-                "non-base layer (it has work/) without a lower file",
-            )
+        kind, why = (
+            (exc.kind, f"link file {exc}")
+            if exc.kind != "missing"
+            else ("missing-link", "layer dir has no link file")
         )
-        lower_ok = False
-    st = entry.stat(follow_symlinks=False)
-    return OverlayDir(
-        name=entry.name,
-        link=link,
-        lower=lower,
-        lower_ok=lower_ok,
-        has_merged=os.path.lexists(root / rel / "merged"),
-        committed=os.path.lexists(root / rel / "committed"),
-        dev=st.st_dev,
-        ino=st.st_ino,
-    )
+        findings.append(Finding(rel, kind, why))
+        return None
+    if SHORT_LINK.fullmatch(text):
+        return text
+    findings.append(Finding(rel, "bad-format", "link is not a short name"))
+    return None
 
 
-def _read_links(root: Path, findings: list[Finding]) -> list[ShortLink]:
-    links: list[ShortLink] = []
+def _exists(name: str, dfd: int) -> bool:
     try:
-        entries = list_dir(root / OVERLAY / "l")
-    except UnreadableFile as exc:
-        findings.append(Finding(str(OVERLAY / "l"), exc.kind, f"link dir {exc}"))
-        return links
-    for entry in entries:
-        rel = OVERLAY / "l" / entry.name
-        if not entry.is_symlink() or SHORT_LINK.fullmatch(entry.name) is None:
-            findings.append(Finding(str(rel), "unknown-entry", "not a short link; kept"))
-            continue
-        target = os.readlink(root / rel)
-        match = LINK_TARGET.fullmatch(target)
-        target_dir = match.group(1) if match and match.group(1) not in (".", "..", "l") else None
-        if target_dir is None:
-            findings.append(
-                Finding(str(rel), "bad-link", f"link target {target[:60]!r} unexpected")
-            )
-        exists = target_dir is not None and _is_real_dir(root / OVERLAY / target_dir)
-        links.append(ShortLink(entry.name, target, target_dir, exists))
-    return links
-
-
-def _is_real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        return True
     except OSError:
         return False
+
+
+def _read_dir(ofd: int, entry: os.DirEntry[str], findings: list[Finding]) -> OverlayDir:
+    """One layer dir's metadata, read through its own fd (never through a symlink)."""
+    rel = f"{OVERLAY}/{entry.name}"
+    st = entry.stat(follow_symlinks=False)
+    dfd = open_dir(entry.name, dir_fd=ofd)
+    if dfd is None:
+        findings.append(Finding(rel, "unreadable", "layer dir cannot be opened"))
+        return OverlayDir(entry.name, None, (), False, False, False, st.st_dev, st.st_ino)
+    try:
+        link = _read_link(dfd, f"{rel}/link", findings)
+        lower, lower_ok = _read_lower(dfd, f"{rel}/lower", findings)
+        if lower_ok and not lower and _exists("work", dfd):
+            # Only non-base layers have work/; theirs must list their parents.
+            findings.append(
+                Finding(
+                    f"{rel}/lower",
+                    "missing-lower",
+                    "non-base layer (it has work/) without a lower file",
+                )
+            )
+            lower_ok = False
+        return OverlayDir(
+            name=entry.name,
+            link=link,
+            lower=lower,
+            lower_ok=lower_ok,
+            has_merged=_exists("merged", dfd),
+            committed=_exists("committed", dfd),
+            dev=st.st_dev,
+            ino=st.st_ino,
+        )
+    finally:
+        os.close(dfd)
+
+
+def _read_links(ofd: int, dir_names: set[str], findings: list[Finding]) -> list[ShortLink]:
+    links: list[ShortLink] = []
+    lfd = open_dir("l", dir_fd=ofd)
+    if lfd is None:
+        if _exists("l", ofd):
+            findings.append(Finding(f"{OVERLAY}/l", "not-a-dir", "link dir is not a real dir"))
+        return links
+    try:
+        with os.scandir(lfd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            rel = f"{OVERLAY}/l/{entry.name}"
+            if not entry.is_symlink() or SHORT_LINK.fullmatch(entry.name) is None:
+                findings.append(Finding(rel, "unknown-entry", "not a short link; kept"))
+                continue
+            target = os.readlink(entry.name, dir_fd=lfd)
+            match = LINK_TARGET.fullmatch(target)
+            bad = not match or match.group(1) in (".", "..", "l")
+            target_dir = None if bad or match is None else match.group(1)
+            if target_dir is None:
+                findings.append(Finding(rel, "bad-link", f"link target {target[:60]!r} unexpected"))
+            links.append(ShortLink(entry.name, target, target_dir, target_dir in dir_names))
+    finally:
+        os.close(lfd)
+    return links
 
 
 def read_overlay(root: Path) -> OverlayStore:
@@ -145,15 +160,23 @@ def read_overlay(root: Path) -> OverlayStore:
     dirs: list[OverlayDir] = []
     try:
         entries = list_dir(root / OVERLAY)
-        dev = os.lstat(root / OVERLAY).st_dev if entries else None
     except UnreadableFile as exc:
         return OverlayStore((), (), (Finding(str(OVERLAY), exc.kind, f"dir {exc}"),), None)
-    for entry in entries:
-        if entry.name == "l":
-            continue
-        if not entry.is_dir(follow_symlinks=False):
-            findings.append(Finding(str(OVERLAY / entry.name), "unknown-entry", "not a dir; kept"))
-            continue
-        dirs.append(_read_dir(root, entry, findings))
-    links = _read_links(root, findings)
+    ofd = open_dir(root / OVERLAY)
+    if ofd is None:
+        return OverlayStore((), (), (), None)
+    try:
+        dev = os.fstat(ofd).st_dev if entries else None
+        for entry in entries:
+            if entry.name == "l":
+                continue
+            if not entry.is_dir(follow_symlinks=False):
+                findings.append(
+                    Finding(f"{OVERLAY}/{entry.name}", "unknown-entry", "not a dir; kept")
+                )
+                continue
+            dirs.append(_read_dir(ofd, entry, findings))
+        links = _read_links(ofd, {d.name for d in dirs}, findings)
+    finally:
+        os.close(ofd)
     return OverlayStore(tuple(dirs), tuple(links), tuple(findings), dev)
