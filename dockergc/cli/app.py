@@ -53,6 +53,13 @@ ExcludeOpt = Annotated[
         help="Keep paths (relative to the root) or names matching this glob; repeatable.",
     ),
 ]
+MetricsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--metrics-file",
+        help="Write Prometheus metrics (node_exporter textfile format) here, atomically.",
+    ),
+]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")]
 LiveOpt = Annotated[
     bool,

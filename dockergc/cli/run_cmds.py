@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as jsonlib
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from dockergc.cli.app import (
     ExcludeOpt,
     JsonOpt,
     LiveOpt,
+    MetricsOpt,
     MinAgeOpt,
     RootOpt,
     YesOpt,
@@ -21,6 +23,7 @@ from dockergc.cli.app import (
     confirm,
     policy_from_flags,
 )
+from dockergc.cli.output import write_atomic
 from dockergc.durations import parse_duration
 from dockergc.errors import PlanFileError
 from dockergc.execute import runner
@@ -28,6 +31,7 @@ from dockergc.execute.journal import RunView, list_runs, load
 from dockergc.lock import exclusive
 from dockergc.plan import Plan
 from dockergc.render.jsonfmt import dumps
+from dockergc.render.prometheus import render_metrics
 from dockergc.render.runs import run_summary, run_to_dict, runs_table
 from dockergc.render.table import TableRenderer
 from dockergc.store.rootinfo import DEFAULT_CONFIG
@@ -101,8 +105,10 @@ def gc(
     ] = False,
     live: LiveOpt = False,
     json: JsonOpt = False,
+    metrics_file: MetricsOpt = None,
 ) -> None:
     """Plan and apply in one (the nightly job). Items go to quarantine; 'purge' frees them."""
+    started = time.time()
     policy = policy_from_flags(min_age, exclude, live)
     target = api.resolve_target(root, config_file)
     if target.root.path != target.root.given:
@@ -113,8 +119,10 @@ def gc(
     _, _, plan = api.plan_root(target.root.path, policy)
     if dry_run:
         typer.echo(dumps(plan.to_dict()) if json else TableRenderer().render(plan).rstrip("\n"))
+        _write_metrics(metrics_file, plan, None, started, "planned")
         return
     if not plan.actions:
+        _write_metrics(metrics_file, plan, None, started, "nothing-to-do")
         if json:
             typer.echo(
                 dumps(
@@ -134,7 +142,15 @@ def gc(
         typer.echo(TableRenderer().render(plan).rstrip("\n"))
     confirm("Move these into quarantine?", yes)
     view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, None)
+    _write_metrics(metrics_file, plan, view, started, view.state)
     _show(view, json)
+
+
+def _write_metrics(
+    path: Path | None, plan: Plan, view: RunView | None, started: float, result: str
+) -> None:
+    if path is not None:
+        write_atomic(path, render_metrics(plan, view, started, time.time(), result))
 
 
 @app.command()
