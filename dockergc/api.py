@@ -124,3 +124,10 @@ def relocation_facts(root: Path, new: Path, config: Path, host: str) -> tuple[An
         running = sorted(c.name for c in snap.containers.containers if c.running)
     pf = preflight(root, new, config, running)
     return pf, len(snap.images.images), len(snap.containers.containers)
+
+
+def disk_used_percent(root: Path) -> float:
+    """How full the root's filesystem is, as df shows it (psutil)."""
+    import psutil
+
+    return float(psutil.disk_usage(str(root)).percent)

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from dockergc import api
+from dockergc.config import DEFAULT_PATH, Setting, load, override
 from dockergc.durations import parse_duration
 from dockergc.errors import RefusedError, UsageError
 from dockergc.plan import Policy
@@ -25,7 +27,6 @@ app = typer.Typer(
 
 _state = {"debug": False}
 
-LIVE_MIN_AGE = "24h"
 LIVE_FLOOR_SECONDS = 3600.0
 
 RootOpt = Annotated[
@@ -35,7 +36,11 @@ RootOpt = Annotated[
     ),
 ]
 ConfigOpt = Annotated[
-    Path, typer.Option("--config-file", help="The daemon's config file, read to find the root.")
+    Path | None,
+    typer.Option(
+        "--config-file",
+        help="The daemon's config file, read to find the root [default: /etc/docker/daemon.json].",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 MinAgeOpt = Annotated[
@@ -71,19 +76,51 @@ LiveOpt = Annotated[
 ]
 
 
+_config: dict[str, object] = {"path": DEFAULT_PATH, "required": False}
+
+
 @app.callback()
 def _global(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="DOCKERGC_CONFIG",
+            help="dockergc's config file [default: /etc/dockergc/config.toml].",
+        ),
+    ] = None,
 ) -> None:
     _state["debug"] = debug
+    _config["path"], _config["required"] = (config, True) if config else (DEFAULT_PATH, False)
+
+
+def settings(**flags: object) -> dict[str, Setting]:
+    """Effective settings: defaults, then the config file, then the flags given."""
+    path = _config["path"]
+    assert isinstance(path, Path)
+    return override(load(path, required=bool(_config["required"])), **flags)
+
+
+def target_from(root: Path | None, daemon_config: Path | None) -> api.Target:
+    """The data root, from --root, else the config file, else daemon.json / the default."""
+    s = settings(
+        root=str(root) if root else None,
+        daemon_config=str(daemon_config) if daemon_config else None,
+    )
+    chosen = s["root"].value
+    return api.resolve_target(Path(chosen) if chosen else None, Path(s["daemon_config"].value))
 
 
 def policy_from_flags(min_age: str | None, exclude: list[str] | None, live: bool = False) -> Policy:
-    """The plan policy the flags ask for; --live insists on a long grace period."""
-    seconds = parse_duration(min_age or (LIVE_MIN_AGE if live else "1h"), "--min-age")
+    """The plan policy the flags (or the config file) ask for; --live insists on a long
+    grace period."""
+    s = settings(min_age=min_age, live_min_age=min_age if live else None, excludes=exclude)
+    chosen = s["live_min_age" if live else "min_age"]
+    seconds = parse_duration(str(chosen.value), chosen.source)
     if live and seconds < LIVE_FLOOR_SECONDS:
         raise UsageError("--live needs --min-age of at least 1h: in-flight pulls and builds")
-    return Policy(min_age=seconds, excludes=tuple(exclude or ()))
+    return Policy(min_age=seconds, excludes=tuple(s["excludes"].value))
 
 
 def confirm(question: str, yes: bool) -> None:

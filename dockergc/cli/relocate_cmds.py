@@ -10,7 +10,16 @@ from typing import Annotated
 import typer
 
 from dockergc import api
-from dockergc.cli.app import ConfigOpt, JsonOpt, RootOpt, YesOpt, app, confirm
+from dockergc.cli.app import (
+    ConfigOpt,
+    JsonOpt,
+    RootOpt,
+    YesOpt,
+    app,
+    confirm,
+    settings,
+    target_from,
+)
 from dockergc.daemon import DEFAULT_HOST, SYSTEMD_START, SYSTEMD_STOP
 from dockergc.errors import RefusedError, UsageError
 from dockergc.execute.journal import Journal, new_run_id
@@ -20,7 +29,6 @@ from dockergc.relocate import executor
 from dockergc.relocate.plan import Control, plan_relocation
 from dockergc.render.jsonfmt import dumps
 from dockergc.render.relocation import preflight_text, view_dict, view_text
-from dockergc.store.rootinfo import DEFAULT_CONFIG
 
 relocate_app = typer.Typer(
     rich_markup_mode=None,
@@ -30,8 +38,16 @@ relocate_app = typer.Typer(
 )
 app.add_typer(relocate_app, name="relocate")
 
-StateOpt = Annotated[Path, typer.Option("--state-dir", help="Where relocation journals are kept.")]
-DEFAULT_STATE = Path("/var/lib/dockergc")
+StateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir", help="Where relocation journals are kept [default: /var/lib/dockergc]."
+    ),
+]
+
+
+def _state_dir(flag: Path | None) -> Path:
+    return Path(settings(state_dir=str(flag) if flag else None)["state_dir"].value)
 
 
 def _ctx(run_id: str, json: bool) -> executor.Context:
@@ -47,7 +63,7 @@ def relocate(
         Path | None, typer.Option("--to", help="The new data root (empty or absent).")
     ] = None,
     root: RootOpt = None,
-    config_file: ConfigOpt = DEFAULT_CONFIG,
+    config_file: ConfigOpt = None,
     stop_cmd: Annotated[str, typer.Option("--stop-cmd", help="Stops the daemon.")] = SYSTEMD_STOP,
     start_cmd: Annotated[
         str, typer.Option("--start-cmd", help="Starts the daemon.")
@@ -58,7 +74,7 @@ def relocate(
             "--host", help="Engine API [default: $DOCKER_HOST, else unix:///var/run/docker.sock]."
         ),
     ] = None,
-    state_dir: StateOpt = DEFAULT_STATE,
+    state_dir: StateOpt = None,
     resume: Annotated[
         str | None,
         typer.Option("--resume", help="Go on with a relocation dockergc itself did not finish."),
@@ -78,21 +94,25 @@ def relocate(
     """Move the data root to --to (see 'relocate --help')."""
     if ctx.invoked_subcommand:
         return
+    states = _state_dir(state_dir)
     if resume:
-        journal = executor.journal_for(state_dir, resume)
+        journal = executor.journal_for(states, resume)
         confirm(f"Resume relocation {resume}?", yes)
         view = executor.resume(journal, _ctx(resume, json))
         typer.echo(dumps(view_dict(view)) if json else view_text(view))
         return
     if to is None:
         raise UsageError("relocate needs --to NEW (or --resume RUN, or a subcommand)")
-    target = api.resolve_target(root, config_file)
+    target = target_from(root, config_file)
+    daemon_config = Path(
+        settings(daemon_config=str(config_file) if config_file else None)["daemon_config"].value
+    )
     old = target.root.path
     if not dry_run:
         api.refuse_if_unwritable(old)
     new = Path(os.path.realpath(to))
     engine = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
-    pf, images, containers = api.relocation_facts(old, new, config_file, engine)
+    pf, images, containers = api.relocation_facts(old, new, daemon_config, engine)
     typer.echo(
         dumps(pf.as_dict()) if json and dry_run else preflight_text(pf), err=not dry_run and json
     )
@@ -102,7 +122,7 @@ def relocate(
         return
     confirm(f"Stop the daemon and move {old} to {new}?", yes)
     run_id = new_run_id()
-    control = Control(stop_cmd, start_cmd, engine, config_file)
+    control = Control(stop_cmd, start_cmd, engine, daemon_config)
     steps = plan_relocation(old, new, control, run_id, images, containers, pf.selinux, bind)
     with exclusive(old):
         for unfinished in unfinished_runs(old):
@@ -110,7 +130,7 @@ def relocate(
                 f"gc run {unfinished.run_id} is unfinished; resume or roll it "
                 "back before moving the root"
             )
-        journal = executor.begin(state_dir, run_id, old, new, steps)
+        journal = executor.begin(states, run_id, old, new, steps)
         view = executor.run(journal, _ctx(run_id, json))
     typer.echo(dumps(view_dict(view)) if json else view_text(view))
 
@@ -120,13 +140,14 @@ RunIdArg = Annotated[str | None, typer.Argument(help="Relocation id [default: th
 
 def _after_the_fact(
     run_id: str | None,
-    state_dir: Path,
+    state_flag: Path | None,
     yes: bool,
     json: bool,
     question: str,
     act: Callable[[Journal, executor.Context], executor.RelocationView],
 ) -> executor.RelocationView:
     """rollback/finalize: pick the run, ask, act, render."""
+    state_dir = _state_dir(state_flag)
     rid = run_id or executor.latest(state_dir)
     journal = executor.journal_for(state_dir, rid)
     confirm(question.format(rid=rid, old=executor.view_of(journal).old), yes)
@@ -138,7 +159,7 @@ def _after_the_fact(
 @relocate_app.command("rollback")
 def relocate_rollback(
     run_id: RunIdArg = None,
-    state_dir: StateOpt = DEFAULT_STATE,
+    state_dir: StateOpt = None,
     yes: YesOpt = False,
     json: JsonOpt = False,
 ) -> None:
@@ -152,7 +173,7 @@ def relocate_rollback(
 @relocate_app.command("finalize")
 def relocate_finalize(
     run_id: RunIdArg = None,
-    state_dir: StateOpt = DEFAULT_STATE,
+    state_dir: StateOpt = None,
     yes: YesOpt = False,
     json: JsonOpt = False,
 ) -> None:

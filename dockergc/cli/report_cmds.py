@@ -16,19 +16,18 @@ from dockergc.cli.app import (
     RootOpt,
     app,
     policy_from_flags,
+    settings,
+    target_from,
 )
 from dockergc.plan import Policy
 from dockergc.render.jsonfmt import JsonRenderer, dumps
 from dockergc.render.table import TableRenderer
-from dockergc.store.rootinfo import DEFAULT_CONFIG
 
 
 @app.command()
-def scan(
-    root: RootOpt = None, config_file: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False
-) -> None:
+def scan(root: RootOpt = None, config_file: ConfigOpt = None, json: JsonOpt = False) -> None:
     """Inventory a data root from its metadata: images, layers, containers, dirs, findings."""
-    target = api.resolve_target(root, config_file)
+    target = target_from(root, config_file)
     snap, graph, _ = api.plan_root(target.root.path, Policy())
     inv = api.inventory(snap, graph)
     if json:
@@ -46,7 +45,7 @@ def scan(
 @app.command()
 def plan(
     root: RootOpt = None,
-    config_file: ConfigOpt = DEFAULT_CONFIG,
+    config_file: ConfigOpt = None,
     min_age: MinAgeOpt = None,
     exclude: ExcludeOpt = None,
     json: JsonOpt = False,
@@ -62,7 +61,7 @@ def plan(
 ) -> None:
     """Dry run: list what gc would remove, with size, age, reason and evidence. Changes nothing."""
     policy = policy_from_flags(min_age, exclude)
-    target = api.resolve_target(root, config_file)
+    target = target_from(root, config_file)
     if target.root.path != target.root.given:
         typer.echo(f"note: data root {target.root.given} resolves to {target.root.path}", err=True)
     _, _, result = api.plan_root(target.root.path, policy)
@@ -97,3 +96,32 @@ def demo(
     typer.echo("grace period set to 0 for the demo: its files were all written just now\n")
     typer.echo(TableRenderer(verbose=True).render(result).rstrip("\n"))
     typer.echo(f"\nnext: dockergc plan --root {root} --min-age 0 --json")
+
+
+config_app = typer.Typer(rich_markup_mode=None, help="dockergc's configuration file.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    root: RootOpt = None,
+    config_file: ConfigOpt = None,
+    min_age: MinAgeOpt = None,
+    exclude: ExcludeOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Print every effective setting and where it came from (default, file, flag)."""
+    from dockergc.config import SCHEMA
+
+    effective = settings(
+        root=str(root) if root else None,
+        daemon_config=str(config_file) if config_file else None,
+        min_age=min_age,
+        excludes=exclude,
+    )
+    if json:
+        typer.echo(dumps({k: {"value": s.value, "source": s.source} for k, s in effective.items()}))
+        return
+    width = max(len(k) for k in effective)
+    for key, s in effective.items():
+        typer.echo(f"{key:<{width}}  {s.value!r:<28} from {s.source}  ({SCHEMA[key][2]})")

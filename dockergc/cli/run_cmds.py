@@ -22,8 +22,11 @@ from dockergc.cli.app import (
     app,
     confirm,
     policy_from_flags,
+    settings,
+    target_from,
 )
 from dockergc.cli.output import write_atomic
+from dockergc.config import percent
 from dockergc.durations import parse_duration
 from dockergc.errors import PlanFileError
 from dockergc.execute import runner
@@ -34,7 +37,6 @@ from dockergc.render.jsonfmt import dumps
 from dockergc.render.prometheus import render_metrics
 from dockergc.render.runs import run_summary, run_to_dict, runs_table
 from dockergc.render.table import TableRenderer
-from dockergc.store.rootinfo import DEFAULT_CONFIG
 
 
 def _progress(json: bool) -> runner.Progress:
@@ -72,7 +74,7 @@ def _execute(
 def apply(
     plan_file: Annotated[Path | None, typer.Argument(help="A plan saved by 'plan --out'.")] = None,
     root: RootOpt = None,
-    config_file: ConfigOpt = DEFAULT_CONFIG,
+    config_file: ConfigOpt = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="Finish run ID after a crash.")
     ] = None,
@@ -84,7 +86,7 @@ def apply(
     if (plan_file is None) == (resume is None):
         raise PlanFileError("give a PLAN file, or --resume RUN_ID")
     plan = _load_plan(plan_file) if plan_file else None
-    target = api.resolve_target(root or (Path(plan.root) if plan else None), config_file)
+    target = target_from(root or (Path(plan.root) if plan else None), config_file)
     if plan and not json and not yes:
         typer.echo(TableRenderer().render(plan).rstrip("\n"))
     api.refuse_if_daemon(target.root.path, live)
@@ -96,7 +98,7 @@ def apply(
 @app.command()
 def gc(
     root: RootOpt = None,
-    config_file: ConfigOpt = DEFAULT_CONFIG,
+    config_file: ConfigOpt = None,
     min_age: MinAgeOpt = None,
     exclude: ExcludeOpt = None,
     yes: YesOpt = False,
@@ -106,16 +108,50 @@ def gc(
     live: LiveOpt = False,
     json: JsonOpt = False,
     metrics_file: MetricsOpt = None,
+    high_watermark: Annotated[
+        str | None,
+        typer.Option(
+            "--high-watermark",
+            help="Act only when the root's filesystem is fuller "
+            "than this (e.g. 85%); then also purge quarantine, oldest run first, "
+            "until below --low-watermark.",
+        ),
+    ] = None,
+    low_watermark: Annotated[
+        str | None, typer.Option("--low-watermark", help="e.g. 70% [default: the high mark].")
+    ] = None,
 ) -> None:
     """Plan and apply in one (the nightly job). Items go to quarantine; 'purge' frees them."""
     started = time.time()
+    metrics_file = _metrics_path(metrics_file)
+    marks = settings(high_watermark=high_watermark, low_watermark=low_watermark)
+    high = percent(marks["high_watermark"].value, "--high-watermark")
+    low = percent(marks["low_watermark"].value, "--low-watermark") or high
     policy = policy_from_flags(min_age, exclude, live)
-    target = api.resolve_target(root, config_file)
+    target = target_from(root, config_file)
     if target.root.path != target.root.given:
         typer.echo(f"note: data root {target.root.given} resolves to {target.root.path}", err=True)
     if not dry_run:  # refuse before the work of planning, and again under the lock
         api.refuse_if_daemon(target.root.path, live)
         api.refuse_if_unwritable(target.root.path)
+    if high is not None and not dry_run:
+        used = api.disk_used_percent(target.root.path)
+        if used < high:
+            msg = f"disk {used:.1f}% full, below the high watermark {high:g}%: nothing to do"
+            typer.echo(
+                dumps(
+                    {
+                        "run_id": None,
+                        "state": "below-watermark",
+                        "actions": [],
+                        "bytes": 0,
+                        "disk_used_percent": used,
+                    }
+                )
+                if json
+                else msg
+            )
+            return
     _, _, plan = api.plan_root(target.root.path, policy)
     if dry_run:
         typer.echo(dumps(plan.to_dict()) if json else TableRenderer().render(plan).rstrip("\n"))
@@ -142,8 +178,22 @@ def gc(
         typer.echo(TableRenderer().render(plan).rstrip("\n"))
     confirm("Move these into quarantine?", yes)
     view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, None)
+    if low is not None:
+        with exclusive(target.root.path):
+            runner.purge_until(
+                target.root.path,
+                low,
+                api.disk_used_percent,
+                runner.Options(progress=_progress(json)),
+            )
+        view = load(target.root.path, view.run_id)
     _write_metrics(metrics_file, plan, view, started, view.state)
     _show(view, json)
+
+
+def _metrics_path(flag: Path | None) -> Path | None:
+    chosen = settings(metrics_file=str(flag) if flag else None)["metrics_file"].value
+    return Path(chosen) if chosen else None
 
 
 def _write_metrics(
@@ -154,11 +204,9 @@ def _write_metrics(
 
 
 @app.command()
-def runs(
-    root: RootOpt = None, config_file: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False
-) -> None:
+def runs(root: RootOpt = None, config_file: ConfigOpt = None, json: JsonOpt = False) -> None:
     """List journaled runs with their state and bytes in quarantine."""
-    target = api.resolve_target(root, config_file)
+    target = target_from(root, config_file)
     views = sorted(
         (load(target.root.path, r) for r in list_runs(target.root.path)),
         key=lambda v: (v.created, v.run_id),
@@ -173,13 +221,13 @@ def runs(
 def rollback(
     run_id: Annotated[str, typer.Argument(help="The run to undo (see 'dockergc runs').")],
     root: RootOpt = None,
-    config_file: ConfigOpt = DEFAULT_CONFIG,
+    config_file: ConfigOpt = None,
     yes: YesOpt = False,
     live: LiveOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Put every quarantined item of a run back where it was, newest first."""
-    target = api.resolve_target(root, config_file)
+    target = target_from(root, config_file)
     confirm(f"Restore everything run {run_id} quarantined?", yes)
     api.refuse_if_unwritable(target.root.path)
     with exclusive(target.root.path):
@@ -195,10 +243,15 @@ def rollback(
 @app.command()
 def purge(
     root: RootOpt = None,
-    config_file: ConfigOpt = DEFAULT_CONFIG,
+    config_file: ConfigOpt = None,
     older_than: Annotated[
-        str, typer.Option("--older-than", help="Only runs that ended this long ago.")
-    ] = "7d",
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Only runs that ended this long ago [default: 7d, "
+            "or retention in the config file].",
+        ),
+    ] = None,
     run: Annotated[
         str | None, typer.Option("--run", help="Purge this run now, whatever its age.")
     ] = None,
@@ -206,8 +259,9 @@ def purge(
     json: JsonOpt = False,
 ) -> None:
     """Free quarantined items for good. This cannot be undone."""
-    seconds = parse_duration(older_than, "--older-than")
-    target = api.resolve_target(root, config_file)
+    retention = settings(retention=older_than)["retention"]
+    seconds = parse_duration(str(retention.value), retention.source)
+    target = target_from(root, config_file)
     confirm("Delete quarantined items for good? This cannot be undone.", yes)
     api.refuse_if_unwritable(target.root.path)
     with exclusive(target.root.path):

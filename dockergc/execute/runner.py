@@ -332,3 +332,14 @@ def purge_runs(root: Path, older_than: float, run_id: str | None, opts: Options)
         _write(journal, opts, {"type": "purge-end", "state": view.state})
         purged.append(load(root, rid))
     return purged
+
+
+def purge_until(root: Path, low: float, used: Callable[[Path], float], opts: Options) -> None:
+    """Disk pressure: purge finished runs' quarantine, oldest first, until ``used(root)``
+    is below ``low`` percent (the run just made included, last)."""
+    views = sorted((load(root, r) for r in list_runs(root)), key=lambda v: (v.created, v.run_id))
+    for view in views:
+        if used(root) < low:
+            return
+        if view.quarantined and view.state not in ("running", "interrupted") and not view.in_doubt:
+            purge_runs(root, 0, view.run_id, opts)

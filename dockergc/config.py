@@ -1,0 +1,90 @@
+"""The configuration file (/etc/dockergc/config.toml): defaults the flags override.
+
+Every effective value carries where it came from, so ``dockergc config show`` can
+explain it: "default", the file, or the flag.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dockergc.errors import UsageError
+
+DEFAULT_PATH = Path("/etc/dockergc/config.toml")
+
+# key -> (default, type check, what it is)
+SCHEMA: dict[str, tuple[Any, type | tuple[type, ...], str]] = {
+    "root": (None, str, "Docker data root (else daemon.json data-root, else /var/lib/docker)"),
+    "daemon_config": ("/etc/docker/daemon.json", str, "the daemon's config file"),
+    "min_age": ("1h", str, "grace period before a leftover may be removed"),
+    "live_min_age": ("24h", str, "grace period with --live (at least 1h)"),
+    "excludes": ([], list, "globs of paths or names never removed"),
+    "retention": ("7d", str, "how long quarantine is kept before purge"),
+    "high_watermark": (None, (int, float, str), "gc acts only above this disk usage (e.g. 85%)"),
+    "low_watermark": (None, (int, float, str), "and purges quarantine until below this"),
+    "metrics_file": (None, str, "Prometheus textfile to write after each gc"),
+    "state_dir": ("/var/lib/dockergc", str, "where relocation journals are kept"),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: Any
+    source: str  # "default", the config file's path, or "--flag"
+
+
+def load(path: Path, required: bool = False) -> dict[str, Setting]:
+    """Defaults, overlaid with the file's values; unknown keys and wrong types are errors."""
+    settings = {k: Setting(k, default, "default") for k, (default, _, _) in SCHEMA.items()}
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            raise UsageError(f"config file {path} does not exist") from None
+        return settings
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    for key, value in doc.items():
+        name = key.replace("-", "_")
+        if name not in SCHEMA:
+            raise UsageError(
+                f"config file {path}: unknown key {key!r} (known: {', '.join(sorted(SCHEMA))})"
+            )
+        if not isinstance(value, SCHEMA[name][1]):
+            raise UsageError(f"config file {path}: {key} has the wrong type")
+        if name == "excludes" and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise UsageError(f"config file {path}: excludes must be a list of strings")
+        settings[name] = Setting(name, value, str(path))
+    return settings
+
+
+def override(settings: dict[str, Setting], **flags: Any) -> dict[str, Setting]:
+    """Flags given on the command line (not None, not empty) win."""
+    out = dict(settings)
+    for key, value in flags.items():
+        if value is not None and value != [] and value != ():
+            out[key] = Setting(key, value, "--" + key.replace("_", "-"))
+    return out
+
+
+def percent(value: Any, what: str) -> float | None:
+    """'85%', '85' or 85 -> 85.0; None stays None."""
+    if value is None:
+        return None
+    text = str(value).strip().rstrip("%")
+    try:
+        pct = float(text)
+    except ValueError:
+        raise UsageError(f"{what} {value!r} is not a percentage like 85%") from None
+    if not 0 < pct <= 100:
+        raise UsageError(f"{what} {value!r} must be between 0 and 100%")
+    return pct
