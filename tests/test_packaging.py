@@ -37,6 +37,11 @@ def test_every_packaged_command_uses_real_flags(capsys: pytest.CaptureFixture[st
     capsys.readouterr()
 
 
+def test_example_config_loads(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(PKG / "config.toml"), "config", "show"]) == 0
+    assert "from " + str(PKG / "config.toml") in capsys.readouterr().out
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_systemd_units_verify(tmp_path: Path) -> None:
     for unit in ("dockergc.service", "dockergc.timer"):
