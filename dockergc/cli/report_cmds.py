@@ -19,7 +19,9 @@ from dockergc.cli.app import (
     settings,
     target_from,
 )
+from dockergc.cli.output import write_atomic
 from dockergc.plan import Policy
+from dockergc.render.html import HtmlRenderer
 from dockergc.render.jsonfmt import JsonRenderer, dumps
 from dockergc.render.table import TableRenderer
 
@@ -55,6 +57,9 @@ def plan(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show the evidence of each action.")
     ] = False,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write the report as one HTML file.")
+    ] = None,
     check: Annotated[
         bool, typer.Option("--check", help="Exit 4 when the plan is not empty (for monitoring).")
     ] = False,
@@ -66,9 +71,9 @@ def plan(
         typer.echo(f"note: data root {target.root.given} resolves to {target.root.path}", err=True)
     _, _, result = api.plan_root(target.root.path, policy)
     if out is not None:
-        from dockergc.cli.output import write_atomic
-
         write_atomic(out, JsonRenderer().render(result) + "\n")
+    if html is not None:
+        write_atomic(html, HtmlRenderer().render(result))
     typer.echo((JsonRenderer() if json else TableRenderer(verbose)).render(result).rstrip("\n"))
     if out is not None and not json:
         typer.echo(f"plan saved to {out}; apply it with: dockergc apply {out}")

@@ -16,6 +16,9 @@ from dockergc.store.fsread import UnreadableFile, list_dir, open_dir, read_text
 OVERLAY = Path("overlay2")
 SHORT_LINK = re.compile(r"[A-Z2-7]{26}")
 LINK_TARGET = re.compile(r"\.\./([^/]+)/diff")
+# Names the daemon (64-hex, -init) or BuildKit (base36 keys) give layer dirs; only those are
+# expected to carry a link file. Anything else is someone else's dir, reported once.
+LAYER_NAME = re.compile(r"[0-9a-f]{64}(-init)?|[0-9a-z]{20,32}")
 
 
 @dataclass(frozen=True)
@@ -68,16 +71,14 @@ def _read_lower(dfd: int, rel: str, findings: list[Finding]) -> tuple[tuple[str,
     return tuple(shorts), True
 
 
-def _read_link(dfd: int, rel: str, findings: list[Finding]) -> str | None:
+def _read_link(dfd: int, rel: str, findings: list[Finding], layer: bool) -> str | None:
     try:
         text = read_text("link", limit=4096, dir_fd=dfd).strip()
     except UnreadableFile as exc:
-        kind, why = (
-            (exc.kind, f"link file {exc}")
-            if exc.kind != "missing"
-            else ("missing-link", "layer dir has no link file")
-        )
-        findings.append(Finding(rel, kind, why))
+        if exc.kind != "missing":
+            findings.append(Finding(rel, exc.kind, f"link file {exc}"))
+        elif layer:
+            findings.append(Finding(rel, "missing-link", "layer dir has no link file"))
         return None
     if SHORT_LINK.fullmatch(text):
         return text
@@ -102,7 +103,9 @@ def _read_dir(ofd: int, entry: os.DirEntry[str], findings: list[Finding]) -> Ove
         findings.append(Finding(rel, "unreadable", "layer dir cannot be opened"))
         return OverlayDir(entry.name, None, (), False, False, False, st.st_dev, st.st_ino)
     try:
-        link = _read_link(dfd, f"{rel}/link", findings)
+        link = _read_link(
+            dfd, f"{rel}/link", findings, LAYER_NAME.fullmatch(entry.name) is not None
+        )
         lower, lower_ok = _read_lower(dfd, f"{rel}/lower", findings)
         if lower_ok and not lower and _exists("work", dfd):
             # Only non-base layers have work/; theirs must list their parents.
