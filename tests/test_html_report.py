@@ -19,8 +19,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_report_is_self_contained(tmp_path: Path) -> None:
     root = write_demo_root(tmp_path / "docker")
     page = tmp_path / "report.html"
-    run_cli("plan", "--root", str(root), "--config-file", "/x", "--min-age", "0",
-            "--html", str(page))
+    run_cli(
+        "plan", "--root", str(root), "--config-file", "/x", "--min-age", "0", "--html", str(page)
+    )
     html = page.read_text()
     assert not re.search(r'(src|href)="(https?:)?//', html)  # no external assets
     assert "orphan-layer" in html and "<svg" in html and "evidence" in html
@@ -30,14 +31,38 @@ def test_report_is_self_contained(tmp_path: Path) -> None:
 def test_report_renders_in_headless_chromium_with_the_right_totals(tmp_path: Path) -> None:
     root = write_demo_root(tmp_path / "docker")
     page = tmp_path / "report.html"
-    doc = json.loads(run_cli("plan", "--root", str(root), "--config-file", "/x", "--min-age",
-                             "0", "--json", "--html", str(page)).stdout)
+    doc = json.loads(
+        run_cli(
+            "plan",
+            "--root",
+            str(root),
+            "--config-file",
+            "/x",
+            "--min-age",
+            "0",
+            "--json",
+            "--html",
+            str(page),
+        ).stdout
+    )
     proc = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-         page.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     dom = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]

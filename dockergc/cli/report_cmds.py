@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from dockergc import api
 from dockergc.cli.app import (
@@ -23,6 +25,7 @@ from dockergc.cli.output import write_atomic
 from dockergc.plan import Policy
 from dockergc.render.html import HtmlRenderer
 from dockergc.render.jsonfmt import JsonRenderer, dumps
+from dockergc.render.rich_table import RichRenderer
 from dockergc.render.table import TableRenderer
 
 
@@ -74,7 +77,12 @@ def plan(
         write_atomic(out, JsonRenderer().render(result) + "\n")
     if html is not None:
         write_atomic(html, HtmlRenderer().render(result))
-    typer.echo((JsonRenderer() if json else TableRenderer(verbose)).render(result).rstrip("\n"))
+    if json:
+        typer.echo(JsonRenderer().render(result).rstrip("\n"))
+    elif sys.stdout.isatty():
+        RichRenderer(Console(), verbose).print(result)
+    else:
+        typer.echo(TableRenderer(verbose).render(result).rstrip("\n"))
     if out is not None and not json:
         typer.echo(f"plan saved to {out}; apply it with: dockergc apply {out}")
     if check and result.actions:

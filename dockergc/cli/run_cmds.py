@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as jsonlib
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -40,7 +41,29 @@ from dockergc.render.table import TableRenderer
 
 
 def _progress(json: bool) -> runner.Progress:
-    return (lambda _: None) if json else (lambda line: typer.echo(line, err=True))
+    """Per-step lines on stderr; on a terminal, a Rich progress bar fed by the same lines."""
+    if json:
+        return lambda _: None
+    if not sys.stderr.isatty():
+        return lambda line: typer.echo(line, err=True)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    bar = Progress(console=Console(stderr=True), transient=False)
+    task = bar.add_task("dockergc", total=None)
+
+    def update(line: str) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        done, _, total = line.partition("]")[0].lstrip("[").partition("/")
+        if done.isdigit() and total.isdigit():
+            bar.update(task, completed=int(done), total=int(total), description=line[:60])
+            if done == total:
+                bar.stop()
+        else:
+            bar.console.print(line, highlight=False)
+
+    return update
 
 
 def _show(view: RunView, json: bool) -> None:
