@@ -39,6 +39,12 @@ def resolve_target(root: Path | None, config_file: Path) -> Target:
     return Target(info, config)
 
 
+def scan_root(root: Path, mounts: MountTable | None = None) -> tuple[Snapshot, Graph]:
+    """Read and mark; no walk of any layer's contents (what scan needs)."""
+    snap = gather(root, mounts)
+    return snap, mark(snap)
+
+
 def plan_root(
     root: Path, policy: Policy, mounts: MountTable | None = None
 ) -> tuple[Snapshot, Graph, Plan]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +57,16 @@ def engine() -> Iterator[tuple[Engine, dict[str, str]]]:
         yield e, ids
     finally:
         e.destroy()
+
+
+def on_root(root: Path) -> tuple[str, ...]:
+    """The flags most tests pass: this root, no daemon.json, no grace period."""
+    return ("--root", str(root), "--config-file", "/x", "--min-age", "0")
+
+
+def cli_json(*args: str) -> Any:
+    """Run dockergc (expecting exit 0) and decode the one JSON object it prints."""
+    return json.loads(run_cli(*args).stdout)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

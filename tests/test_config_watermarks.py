@@ -11,7 +11,7 @@ import pytest
 from dockergc.api import plan_root
 from dockergc.fixture.demo import write_demo_root
 from dockergc.plan import Policy
-from tests.conftest import NO_MOUNTS, run_cli
+from tests.conftest import NO_MOUNTS, cli_json, on_root, run_cli
 from tests.engine import loop_fs
 
 
@@ -79,24 +79,12 @@ def test_watermarks_act_only_under_pressure_and_purge_until_low(tmp_path: Path) 
             fh.write(b"\1" * fill)
         os.sync()
         before = used()
-        base = [
-            "gc",
-            "--root",
-            str(root),
-            "--config-file",
-            "/x",
-            "--min-age",
-            "0",
-            "--yes",
-            "--json",
-        ]
-        calm = json.loads(run_cli(*base, "--high-watermark", "99%").stdout)
+        base = ["gc", *on_root(root), "--yes", "--json"]
+        calm = cli_json(*base, "--high-watermark", "99%")
         assert calm["state"] == "below-watermark" and os.path.isdir(root / orphan)
         low = before - 10
-        out = json.loads(
-            run_cli(
-                *base, "--high-watermark", f"{before - 5:.1f}%", "--low-watermark", f"{low:.1f}%"
-            ).stdout
+        out = cli_json(
+            *base, "--high-watermark", f"{before - 5:.1f}%", "--low-watermark", f"{low:.1f}%"
         )
         assert out["state"] == "purged"
         assert used() < low

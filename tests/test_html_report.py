@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dockergc.fixture.demo import write_demo_root
-from tests.conftest import run_cli
+from tests.conftest import cli_json, on_root, run_cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -31,20 +30,7 @@ def test_report_is_self_contained(tmp_path: Path) -> None:
 def test_report_renders_in_headless_chromium_with_the_right_totals(tmp_path: Path) -> None:
     root = write_demo_root(tmp_path / "docker")
     page = tmp_path / "report.html"
-    doc = json.loads(
-        run_cli(
-            "plan",
-            "--root",
-            str(root),
-            "--config-file",
-            "/x",
-            "--min-age",
-            "0",
-            "--json",
-            "--html",
-            str(page),
-        ).stdout
-    )
+    doc = cli_json("plan", *on_root(root), "--json", "--html", str(page))
     proc = subprocess.run(
         [
             str(CHROMIUM),

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from dockergc.fixture.demo import write_demo_root
-from tests.conftest import run_cli
+from tests.conftest import cli_json, on_root
 
 
 def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -26,41 +25,13 @@ def value(m: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
 def test_gc_metrics_match_the_run(tmp_path: Path) -> None:
     root = write_demo_root(tmp_path / "docker")
     prom = tmp_path / "dockergc.prom"
-    dry = json.loads(
-        run_cli(
-            "gc",
-            "--root",
-            str(root),
-            "--config-file",
-            "/x",
-            "--min-age",
-            "0",
-            "--dry-run",
-            "--json",
-            "--metrics-file",
-            str(prom),
-        ).stdout
-    )
+    dry = cli_json("gc", *on_root(root), "--dry-run", "--json", "--metrics-file", str(prom))
     m = samples(prom)
     assert value(m, "dockergc_reclaimable_bytes") == dry["totals"]["bytes"]
     assert value(m, "dockergc_orphans", kind="orphan-layer") == 3
     assert value(m, "dockergc_reclaimed_bytes") == 0
     assert value(m, "dockergc_last_run_success") == 1
-    run = json.loads(
-        run_cli(
-            "gc",
-            "--root",
-            str(root),
-            "--config-file",
-            "/x",
-            "--min-age",
-            "0",
-            "--yes",
-            "--json",
-            "--metrics-file",
-            str(prom),
-        ).stdout
-    )
+    run = cli_json("gc", *on_root(root), "--yes", "--json", "--metrics-file", str(prom))
     m = samples(prom)
     assert value(m, "dockergc_reclaimed_bytes") == run["bytes"] > 0
     assert value(m, "dockergc_reclaimed_bytes", kind="write-set") > 0

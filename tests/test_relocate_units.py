@@ -136,3 +136,22 @@ def test_path_checks(tmp_path: Path) -> None:
     pf = Preflight(str(old), str(full), 0, 0)
     check_paths(pf, old, full)
     assert not pf.ok
+
+
+def test_mount_commands_keep_paths_with_spaces_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    from dockergc.relocate import executor
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(
+        executor.daemon, "run_command", lambda cmd, timeout=0: ran.append(shlex.split(cmd))
+    )
+    monkeypatch.setattr(executor, "_mounted_at", lambda path: path == "/var/lib/my docker")
+    ctx = Context("r")
+    perform(S.BindMount("/mnt/new disk/docker", "/srv/other root"), ctx)
+    perform(S.Unmount("/var/lib/my docker", "/mnt/new disk/docker"), ctx)
+    assert ran == [
+        ["mount", "--bind", "/mnt/new disk/docker", "/srv/other root"],
+        ["umount", "/var/lib/my docker"],
+    ]

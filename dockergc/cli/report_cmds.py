@@ -33,8 +33,7 @@ from dockergc.render.table import TableRenderer
 def scan(root: RootOpt = None, config_file: ConfigOpt = None, json: JsonOpt = False) -> None:
     """Inventory a data root from its metadata: images, layers, containers, dirs, findings."""
     target = target_from(root, config_file)
-    snap, graph, _ = api.plan_root(target.root.path, Policy())
-    inv = api.inventory(snap, graph)
+    inv = api.inventory(*api.scan_root(target.root.path))
     if json:
         typer.echo(dumps(inv))
         return

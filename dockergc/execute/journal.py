@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dockergc.errors import UsageError
-from dockergc.execute.ops import MoveOp, op_from_dict
+from dockergc.execute.ops import MoveOp
 from dockergc.lock import STATE_DIR
 
 RUNS = f"{STATE_DIR}/runs"
@@ -183,9 +183,3 @@ def list_runs(root: Path) -> list[str]:
 
 def load(root: Path, run_id: str) -> RunView:
     return replay(run_id, Journal(root, run_id).records())
-
-
-def op_of(record: dict[str, Any]) -> MoveOp:
-    op = op_from_dict(record["op"])
-    assert isinstance(op, MoveOp)
-    return op

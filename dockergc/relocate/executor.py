@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -126,7 +127,7 @@ def _rewrite(step: S.RewritePaths, ctx: Context) -> None:
 @implementation_for(S.Relabel)
 def _relabel(step: S.Relabel, ctx: Context) -> None:
     if shutil.which("restorecon"):
-        daemon.run_command(f"restorecon -R {step.new}", ctx.timeout * 10)
+        daemon.run_command(shlex.join(["restorecon", "-R", step.new]), ctx.timeout * 10)
 
 
 def _mounted_at(path: str) -> bool:
@@ -137,13 +138,13 @@ def _mounted_at(path: str) -> bool:
 @implementation_for(S.BindMount)
 def _bind(step: S.BindMount, ctx: Context) -> None:
     if not _mounted_at(step.old):
-        daemon.run_command(f"mount --bind {step.new} {step.old}", ctx.timeout)
+        daemon.run_command(shlex.join(["mount", "--bind", step.new, step.old]), ctx.timeout)
 
 
 @implementation_for(S.Unmount)
 def _unmount(step: S.Unmount, ctx: Context) -> None:
     if _mounted_at(step.old):
-        daemon.run_command(f"umount {step.old}", ctx.timeout)
+        daemon.run_command(shlex.join(["umount", step.old]), ctx.timeout)
 
 
 def fstab_line(new: str, old: str) -> str:
@@ -401,7 +402,7 @@ def _remove_shadowed(old: Path) -> None:
     filesystem holding them shows them (submounts are not carried), so remove them there."""
     import tempfile
 
-    from dockergc.store.mountinfo import parse_mountinfo, root_fs_path
+    from dockergc.store.mountinfo import parse_mountinfo
 
     with open("/proc/self/mountinfo", errors="surrogateescape") as fh:
         entries = parse_mountinfo(fh.read())
@@ -414,15 +415,13 @@ def _remove_shadowed(old: Path) -> None:
         ),
         key=lambda e: len(e.mount_point),
     )
-    if root_fs_path(entries, parent) is None:
-        raise RefusedError(f"cannot find the filesystem holding {old}")
     view = Path(tempfile.mkdtemp(prefix="dockergc-shadow-"))
-    daemon.run_command(f"mount --bind {holder.mount_point} {view}")
+    daemon.run_command(shlex.join(["mount", "--bind", holder.mount_point, str(view)]))
     try:
         rel = os.path.relpath(old, holder.mount_point)
         under = view / rel
         for entry in sorted(os.listdir(under)):
             safefs.remove_tree(str(under), entry)
     finally:
-        daemon.run_command(f"umount {view}")
+        daemon.run_command(shlex.join(["umount", str(view)]))
         view.rmdir()

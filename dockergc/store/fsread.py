@@ -53,15 +53,17 @@ def read_bytes(
             raise UnreadableFile("not-a-file", "is not a regular file")
         if st.st_size > limit:
             raise UnreadableFile("too-large", f"is {st.st_size} bytes, over the {limit} limit")
-        # One read sized from fstat (+1 to see growth) covers the usual small file.
+        # One read sized from fstat (+1 to see growth) covers the usual small file; a file
+        # that grew meanwhile is read on to its end or the limit.
         chunks = [os.read(fd, min(st.st_size + 1, limit + 1))]
         remaining = limit + 1 - len(chunks[0])
-        while remaining > 0 and len(chunks[-1]) > st.st_size and chunks[-1]:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
+        if len(chunks[0]) > st.st_size:
+            while remaining > 0:
+                chunk = os.read(fd, min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
         data = b"".join(chunks)
         if len(data) > limit:
             raise UnreadableFile("too-large", f"grew past the {limit} byte limit while read")
