@@ -40,8 +40,8 @@ def resolve_target(root: Path | None, config_file: Path) -> Target:
 
 
 def scan_root(root: Path, mounts: MountTable | None = None) -> tuple[Snapshot, Graph]:
-    """Read and mark; no walk of any layer's contents (what scan needs)."""
-    snap = gather(root, mounts)
+    """Read every metadata file and mark; no walk of any layer's contents (what scan needs)."""
+    snap = gather(root, mounts, detail=True)
     return snap, mark(snap)
 
 

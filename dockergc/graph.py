@@ -122,25 +122,45 @@ class _Marker:
                 self.keep(parts[0], f"mounted: {why}")
 
     def propagate(self) -> None:
-        while self.queue:
-            name = self.queue.popleft()
-            d = self.dirs.get(name)
+        # A lower file lists every ancestor, nearest first. When a dir's list is its
+        # parent's link followed by the parent's own list (as the daemon writes them),
+        # the parent covers the rest once it is processed: only the first entry is new.
+        # Any other list is walked in full. This keeps deep chains linear, not quadratic.
+        live, live_links, link_owner, queue = (
+            self.live,
+            self.live_links,
+            self.link_owner,
+            self.queue,
+        )
+        dirs = self.dirs
+        while queue:
+            name = queue.popleft()
+            d = dirs.get(name)
             if d is None:
                 self.broken.append(f"{self.live[name]} names overlay2/{name}, which is missing")
                 continue
             if not d.lower_ok:
                 self.freeze.append(f"live layer overlay2/{name} has an unreadable lower file")
-            for short in d.lower:
-                self.live_links.setdefault(short, f"lower of live layer {_short(name)}")
-                parent = self.link_owner.get(short)
-                if parent is None:
-                    self.freeze.append(
-                        f"live layer overlay2/{name} lists l/{short}, which names no dir"
-                    )
-                else:
-                    self.keep(parent, f"lower layer of live overlay2/{_short(name)}")
-            if d.link:
-                self.live_links.setdefault(d.link, f"short link of live layer {_short(name)}")
+            lower = d.lower
+            if lower:
+                first = dirs.get(link_owner.get(lower[0], ""))
+                if first is not None and first.lower_ok and first.lower == lower[1:]:
+                    lower = lower[:1]
+                as_lower = f"lower of live layer {_short(name)}"
+                as_parent = f"lower layer of live overlay2/{_short(name)}"
+                for short in lower:
+                    if short not in live_links:
+                        live_links[short] = as_lower
+                    parent = link_owner.get(short)
+                    if parent is None:
+                        self.freeze.append(
+                            f"live layer overlay2/{name} lists l/{short}, which names no dir"
+                        )
+                    elif parent not in live:
+                        live[parent] = as_parent
+                        queue.append(parent)
+            if d.link and d.link not in live_links:
+                live_links[d.link] = f"short link of live layer {_short(name)}"
 
     def check_consistency(self) -> None:
         snap = self.snap

@@ -246,7 +246,7 @@ def candidates(snap: Snapshot, graph: Graph) -> list[Candidate]:
             continue
         if link.target_dir in graph.live:
             continue
-        if not link.target_exists:
+        if link.target_dir not in dir_names:
             out.append(
                 Candidate(
                     "dangling-link",

@@ -73,11 +73,12 @@ def plan(
         typer.echo(f"note: data root {target.root.given} resolves to {target.root.path}", err=True)
     _, _, result = api.plan_root(target.root.path, policy)
     if out is not None:
-        write_atomic(out, JsonRenderer().render(result) + "\n")
+        write_atomic(out, JsonRenderer().chunks(result))
     if html is not None:
         write_atomic(html, HtmlRenderer().render(result))
     if json:
-        typer.echo(JsonRenderer().render(result).rstrip("\n"))
+        sys.stdout.writelines(JsonRenderer().chunks(result))
+        sys.stdout.flush()
     elif sys.stdout.isatty():
         RichRenderer(Console(), verbose).print(result)
     else:

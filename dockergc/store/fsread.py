@@ -51,27 +51,34 @@ def read_bytes(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnreadableFile("not-a-file", "is not a regular file")
-        if st.st_size > limit:
-            raise UnreadableFile("too-large", f"is {st.st_size} bytes, over the {limit} limit")
+        size = st.st_size
+        if size > limit:
+            raise UnreadableFile("too-large", f"is {size} bytes, over the {limit} limit")
         # One read sized from fstat (+1 to see growth) covers the usual small file; a file
         # that grew meanwhile is read on to its end or the limit.
-        chunks = [os.read(fd, min(st.st_size + 1, limit + 1))]
-        remaining = limit + 1 - len(chunks[0])
-        if len(chunks[0]) > st.st_size:
-            while remaining > 0:
-                chunk = os.read(fd, min(remaining, 1 << 20))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                remaining -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > limit:
-            raise UnreadableFile("too-large", f"grew past the {limit} byte limit while read")
+        data = os.read(fd, min(size + 1, limit + 1))
+        if len(data) > size:
+            data = _read_rest(fd, data, limit)
         return data
     except OSError as exc:
         raise UnreadableFile("unreadable", f"cannot read: {exc.strerror}") from exc
     finally:
         os.close(fd)
+
+
+def _read_rest(fd: int, first: bytes, limit: int) -> bytes:
+    chunks = [first]
+    remaining = limit + 1 - len(first)
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise UnreadableFile("too-large", f"grew past the {limit} byte limit while read")
+    return data
 
 
 def read_text(path: Path | str, limit: int = MAX_METADATA_BYTES, dir_fd: int | None = None) -> str:

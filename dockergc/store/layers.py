@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ REMOVING = re.compile(r"([0-9a-f]{64})-[0-9A-Za-z]+-removing")
 MOUNT_ID = re.compile(r"[0-9a-f]{64}(-init)?")
 # Graph driver ids: 64-hex from the daemon, BuildKit's own (base36, ~25 chars).
 CACHE_ID = re.compile(r"[0-9a-zA-Z][0-9a-zA-Z_.-]{0,127}")
+LAYERS_REL = f"{LAYERDB}/sha256"
+MOUNTS_REL = f"{LAYERDB}/mounts"
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,10 @@ class _RecordDir:
     """The small files of one layerdb entry, read through the entry's own fd: no path is
     resolved twice, and an entry that is a symlink is never read through."""
 
-    def __init__(self, root: Path, rel: str, findings: list[Finding]) -> None:
-        self.rel = rel
+    def __init__(self, parent_fd: int | None, parent_rel: str, name: str, findings: list[Finding]):
+        self.rel = f"{parent_rel}/{name}"
         self.findings = findings
-        self.fd = open_dir(os.path.join(root, rel))
+        self.fd = None if parent_fd is None else open_dir(name, dir_fd=parent_fd)
 
     def __enter__(self) -> _RecordDir:
         return self
@@ -90,14 +93,18 @@ class _RecordDir:
         self.findings.append(Finding(f"{self.rel}/{name}", "bad-format", message))
 
 
-def _read_layer(root: Path, name: str, findings: list[Finding]) -> LayerRecord | None:
-    with _RecordDir(root, f"{LAYERDB}/sha256/{name}", findings) as d:
+def _read_layer(
+    dfd: int | None, name: str, findings: list[Finding], detail: bool
+) -> LayerRecord | None:
+    with _RecordDir(dfd, LAYERS_REL, name, findings) as d:
         cache_id = d.text("cache-id")
         if not cache_id or CACHE_ID.fullmatch(cache_id) is None:
             findings.append(
                 Finding(d.rel, "bad-layer", "layer has no usable cache-id; the daemon skips it")
             )
             return None
+        if not detail:
+            return LayerRecord("sha256:" + name, cache_id, None, None, None)
         diff, parent, size_text = d.text("diff"), d.text("parent"), d.text("size")
         if parent is not None and not is_digest(parent):
             d.bad("parent", "parent is not a digest")
@@ -115,8 +122,8 @@ def _read_layer(root: Path, name: str, findings: list[Finding]) -> LayerRecord |
     )
 
 
-def _read_mount(root: Path, name: str, findings: list[Finding]) -> MountRecord | None:
-    with _RecordDir(root, f"{LAYERDB}/mounts/{name}", findings) as d:
+def _read_mount(dfd: int | None, name: str, findings: list[Finding]) -> MountRecord | None:
+    with _RecordDir(dfd, MOUNTS_REL, name, findings) as d:
         mount_id = d.text("mount-id")
         if not mount_id or MOUNT_ID.fullmatch(mount_id) is None:
             findings.append(Finding(d.rel, "bad-mount", "mount record has no usable mount-id"))
@@ -130,6 +137,20 @@ def _read_mount(root: Path, name: str, findings: list[Finding]) -> MountRecord |
     return MountRecord(name=name, mount_id=mount_id, init_id=init_id or None, parent=parent)
 
 
+class _Dir:
+    """An fd for a real dir (None when it is not one), closed on exit."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = open_dir(path)
+
+    def __enter__(self) -> int | None:
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
 def _entries(root: Path, rel: Path, findings: list[Finding], failed: list[str]) -> list[str]:
     try:
         return [e.name for e in list_dir(root / rel)]
@@ -139,34 +160,72 @@ def _entries(root: Path, rel: Path, findings: list[Finding], failed: list[str]) 
         return []
 
 
-def read_layers(root: Path) -> LayerStore:
+@dataclass(frozen=True)
+class ChainsPart:
+    """Some of layerdb/sha256's entries, read: a share of a read that may run in a child."""
+
+    layers: tuple[LayerRecord, ...]
+    removing: tuple[RemovingRecord, ...]
+    bad_layers: tuple[str, ...]
+    findings: tuple[Finding, ...]
+
+
+def list_chains(root: Path) -> tuple[list[str], ChainsPart]:
+    """The entry names of layerdb/sha256, and what listing it found wrong."""
+    findings: list[Finding] = []
+    failed: list[str] = []
+    names = _entries(root, LAYERDB / "sha256", findings, failed)
+    return names, ChainsPart((), (), tuple(failed), tuple(findings))
+
+
+def read_chains(root: Path, names: list[str], detail: bool) -> ChainsPart:
     findings: list[Finding] = []
     layers: list[LayerRecord] = []
     removing: list[RemovingRecord] = []
     bad_layers: list[str] = []
+    with _Dir(root / LAYERS_REL) as dfd:
+        for name in names:
+            if is_hex64(name):
+                record = _read_layer(dfd, name, findings, detail)
+                if record:
+                    layers.append(record)
+                else:
+                    bad_layers.append(name)
+            elif REMOVING.fullmatch(name):
+                with _RecordDir(dfd, LAYERS_REL, name, findings) as d:
+                    cache_id = d.text("cache-id")
+                ok = cache_id and CACHE_ID.fullmatch(cache_id)
+                removing.append(RemovingRecord(name=name, cache_id=cache_id if ok else None))
+            else:
+                findings.append(
+                    Finding(f"{LAYERS_REL}/{name}", "unknown-entry", "not a layer chain id; kept")
+                )
+    return ChainsPart(tuple(layers), tuple(removing), tuple(bad_layers), tuple(findings))
+
+
+def read_layers(
+    root: Path, detail: bool = True, chains: Sequence[ChainsPart] | None = None
+) -> LayerStore:
+    """Every layerdb record. Without ``detail`` only each layer's cache-id is read: it is
+    all the graph needs (chains come from image configs), and it halves the reads.
+    ``chains``: layerdb/sha256 already read in parts (listing first), in name order."""
+    if chains is None:
+        names, head = list_chains(root)
+        chains = (head, read_chains(root, names, detail))
+    findings = [f for part in chains for f in part.findings]
+    layers = [r for part in chains for r in part.layers]
+    removing = [r for part in chains for r in part.removing]
+    bad_layers = [n for part in chains for n in part.bad_layers]
     mounts: list[MountRecord] = []
     unreadable: list[str] = []
-    for name in _entries(root, LAYERDB / "sha256", findings, bad_layers):
-        rel = LAYERDB / "sha256" / name
-        if is_hex64(name):
-            record = _read_layer(root, name, findings)
-            if record:
-                layers.append(record)
+    names = _entries(root, LAYERDB / "mounts", findings, unreadable)
+    with _Dir(root / MOUNTS_REL) as dfd:
+        for name in names:
+            mount = _read_mount(dfd, name, findings)
+            if mount:
+                mounts.append(mount)
             else:
-                bad_layers.append(name)
-        elif REMOVING.fullmatch(name):
-            with _RecordDir(root, str(rel), findings) as d:
-                cache_id = d.text("cache-id")
-            ok = cache_id and CACHE_ID.fullmatch(cache_id)
-            removing.append(RemovingRecord(name=name, cache_id=cache_id if ok else None))
-        else:
-            findings.append(Finding(str(rel), "unknown-entry", "not a layer chain id; kept"))
-    for name in _entries(root, LAYERDB / "mounts", findings, unreadable):
-        mount = _read_mount(root, name, findings)
-        if mount:
-            mounts.append(mount)
-        else:
-            unreadable.append(name)
+                unreadable.append(name)
     write_sets = [
         str(LAYERDB / "tmp" / name)
         for name in _entries(root, LAYERDB / "tmp", findings, [])
