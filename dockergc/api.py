@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dockergc.graph import Graph, mark
-from dockergc.measure import Usage, measure
+from dockergc.measure import Usage, measure_all
 from dockergc.plan import Plan, Policy, candidates, make_plan, pin_reason
 from dockergc.store.mountinfo import MountTable
 from dockergc.store.rootinfo import (
@@ -52,13 +52,10 @@ def plan_root(
     snap = gather(root, mounts)
     graph = mark(snap)
     cands = candidates(snap, graph)
-    seen: set[tuple[int, int]] = set()
     usage: dict[str, Usage | None] = {}
     if not graph.freeze:
-        for cand in cands:
-            # Never walk into a mount (a bind mount may bring in files from outside).
-            if pin_reason(snap, cand.path) is None:
-                usage[cand.path] = measure(os.path.join(root, cand.path), seen)
+        # Never walk into a mount (a bind mount may bring in files from outside).
+        usage = measure_all(str(root), [c.path for c in cands if pin_reason(snap, c.path) is None])
     return snap, graph, make_plan(snap, graph, cands, usage, policy)
 
 

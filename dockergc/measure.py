@@ -14,7 +14,8 @@ import errno
 import os
 import resource
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from stat import S_ISDIR
 
 from dockergc.execute.platform import open_beneath, openat2_available
 
@@ -54,40 +55,59 @@ class _Walk:
         self.entries = 1
         self.other: list[str] = []
         self.errors: list[str] = []
-
-    def count(self, st: os.stat_result) -> None:
-        self.newest = max(self.newest, st.st_mtime, st.st_ctime)
-        key = (st.st_dev, st.st_ino)
-        if key not in self.seen:
-            self.seen.add(key)
-            self.total += st.st_blocks * 512
+        self.shared: dict[tuple[int, int], int] = {}  # multi-link inodes counted here
 
     def scan(self, fd: int, where: str) -> list[str]:
         """Count the entries of an open dir; return its subdirs on the same filesystem."""
         subdirs: list[str] = []
+        # The loop body runs once per file in every candidate: kept to locals, and only
+        # inodes with more than one link go through the seen-set (dirs cannot be
+        # hard-linked; a second path to one is a mount, which is never entered).
+        dev, seen, total, newest = self.top.st_dev, self.seen, 0, self.newest
+        entries = 0
         try:
             with os.scandir(fd) as it:
                 for entry in it:
                     st = entry.stat(follow_symlinks=False)
-                    self.entries += 1
-                    if st.st_dev != self.top.st_dev:
+                    entries += 1
+                    if st.st_dev != dev:
                         self.other.append(f"{where}/{entry.name}")
                         continue
-                    self.count(st)
-                    if stat.S_ISDIR(st.st_mode):
+                    if st.st_mtime > newest:
+                        newest = st.st_mtime
+                    if st.st_ctime > newest:
+                        newest = st.st_ctime
+                    mode = st.st_mode
+                    if S_ISDIR(mode):
                         subdirs.append(entry.name)
+                    elif st.st_nlink > 1:
+                        key = (dev, st.st_ino)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        self.shared[key] = st.st_blocks * 512
+                    total += st.st_blocks
         except OSError as exc:
             self.errors.append(f"{where}: {exc.strerror}")
+        self.total += total * 512
+        self.newest = newest
+        self.entries += entries
         return subdirs
 
 
 def measure(path: str, seen_inodes: set[tuple[int, int]] | None = None) -> Usage | None:
     """Measure ``path`` (lstat); None if it no longer exists."""
-    seen = seen_inodes if seen_inodes is not None else set()
+    return _measure(path, seen_inodes if seen_inodes is not None else set())[0]
+
+
+Shared = dict[tuple[int, int], int]
+
+
+def _measure(path: str, seen: set[tuple[int, int]]) -> tuple[Usage | None, Shared]:
     try:
         top = os.lstat(path)
     except FileNotFoundError:
-        return None
+        return None, {}
     walk = _Walk(top, seen)
     if (top.st_dev, top.st_ino) not in seen:
         seen.add((top.st_dev, top.st_ino))
@@ -99,7 +119,7 @@ def measure(path: str, seen_inodes: set[tuple[int, int]] | None = None) -> Usage
             walk.errors.append(f"{path}: {exc.strerror}")
         else:
             _descend(walk, fd, path)
-    return Usage(
+    usage = Usage(
         walk.total,
         walk.newest,
         top.st_dev,
@@ -108,6 +128,42 @@ def measure(path: str, seen_inodes: set[tuple[int, int]] | None = None) -> Usage
         tuple(walk.other),
         tuple(walk.errors),
     )
+    return usage, walk.shared
+
+
+def _measure_chunk(root: str, paths: list[str]) -> list[tuple[Usage | None, Shared]]:
+    seen: set[tuple[int, int]] = set()
+    return [_measure(os.path.join(root, p), seen) for p in paths]
+
+
+# Below this many paths a fork costs more than the walk; above, the walks are split
+# between processes (both CPU-bound when cached and disk-bound when not gain from it).
+PARALLEL_MIN_PATHS = 16
+SHARES = 2
+
+
+def measure_all(root: str, paths: list[str]) -> dict[str, Usage | None]:
+    """Measure every path; an inode with several links is counted once, at the first
+    path (in the given order) that holds it, whether or not the walks ran in parallel."""
+    from dockergc.store import beside
+
+    # Every n-th path to each process: plans are sorted by kind, so contiguous chunks
+    # would be lopsided. Each group keeps the plan's order.
+    many = len(paths) >= PARALLEL_MIN_PATHS and (os.cpu_count() or 1) > 1
+    shares = SHARES if many else 1
+    groups = [list(range(i, len(paths), shares)) for i in range(shares)]
+    parts = beside.each(_measure_chunk, root, [[paths[i] for i in g] for g in groups])
+    results: list[tuple[Usage | None, Shared]] = [(None, {})] * len(paths)
+    for group, part in zip(groups, parts, strict=True):
+        for index, result in zip(group, part.result(), strict=True):
+            results[index] = result
+    counted: set[tuple[int, int]] = set()
+    out: dict[str, Usage | None] = {}
+    for path, (usage, shared) in zip(paths, results, strict=True):
+        twice = sum(size for key, size in shared.items() if key in counted)
+        counted.update(shared)
+        out[path] = replace(usage, bytes=usage.bytes - twice) if usage and twice else usage
+    return out
 
 
 def _descend(walk: _Walk, fd: int, path: str) -> None:

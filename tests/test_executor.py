@@ -287,3 +287,41 @@ def test_remove_tree_stops_at_a_same_filesystem_bind_mount(tmp_path: Path) -> No
         assert (elsewhere / "data").read_text() == "keep"
     finally:
         subprocess.run(["umount", "-l", str(tree / "sub")], check=True)
+
+
+def test_live_run_rereads_the_graph_only_when_references_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--live re-reads the graph before an action when layerdb (or another source of
+    references) changed: a dir claimed mid-run is kept. Otherwise the last read stands."""
+    from dockergc.execute import verify
+
+    root, plan = demo(tmp_path)
+    layers = [a for a in plan.actions if a.kind == "orphan-layer"]
+    claimed = layers[-1].path.split("/")[1]
+    reads = [0]
+    real_gather = verify.gather
+
+    def counting_gather(*a: object, **k: object) -> object:
+        reads[0] += 1
+        return real_gather(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verify, "gather", counting_gather)
+    done = [0]
+
+    def after(record: dict[str, object]) -> None:
+        if record.get("type") == "done":
+            done[0] += 1
+            if done[0] == 3:  # a pull commits a layer naming a planned dir
+                entry = root / "image/overlay2/layerdb/sha256" / ("ab" * 32)
+                entry.mkdir()
+                (entry / "cache-id").write_text(claimed)
+
+    view = runner.start_run(root, plan, opts(live=True, after_record=after))
+    skipped = {s["path"]: s["reason"] for s in view.skipped}
+    assert "no longer unreferenced" in skipped[f"overlay2/{claimed}"]
+    assert (root / "overlay2" / claimed).is_dir()
+    # One read at the start, one after the change, one after each move of gc's own that
+    # touched layerdb (a -removing record): not one per action.
+    own = sum(a.path.startswith("image/overlay2/layerdb/sha256/") for a in plan.actions)
+    assert 2 <= reads[0] <= 2 + own < len(plan.actions), (reads, own)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dockergc import measure
 from dockergc.api import plan_root
 from dockergc.fixture.builder import RootBuilder
 from dockergc.graph import mark
@@ -59,6 +60,7 @@ def test_spread_reads_give_the_same_plan(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(beside.Beside, "__init__", counting)
     monkeypatch.setattr(snapshot, "PARALLEL_MIN_ENTRIES", 0)
     monkeypatch.setattr(snapshot, "SHARES", {"overlay": 4, "chains": 3})
+    monkeypatch.setattr(measure, "PARALLEL_MIN_PATHS", 10**9)  # count the readers only
     spread = _plan_dict(root)
     assert len(forks) == 7
     assert spread == plain
@@ -116,3 +118,37 @@ def test_json_chunks_are_the_rendered_plan(tmp_path: Path) -> None:
     text = "".join(JsonRenderer().chunks(plan))
     assert text == JsonRenderer().render(plan) + "\n"
     assert json.loads(text)["totals"]["actions"] == len(plan.actions)
+
+
+def test_parallel_measure_counts_like_the_sequential_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hard links across paths measured in different processes are counted once, at the
+    first path in plan order, exactly as one sequential walk counts them."""
+    from dockergc import measure as m
+
+    paths = []
+    for n in range(20):
+        d = tmp_path / f"d{n:02d}"
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "own").write_bytes(os.urandom(5000 * (n + 1)))
+        paths.append(d.name)
+    shared = tmp_path / "d00" / "shared"
+    shared.write_bytes(os.urandom(64 * 1024))
+    for n in (1, 2, 7):  # in both interleaved groups, after d00
+        os.link(shared, tmp_path / f"d{n:02d}" / "shared")
+    seen: set[tuple[int, int]] = set()
+    sequential = {p: m.measure(str(tmp_path / p), seen) for p in paths}
+    monkeypatch.setattr(m, "PARALLEL_MIN_PATHS", 2)
+    forks: list[int] = []
+    real = beside.Beside.__init__
+
+    def counting(self: beside.Beside[object], *a: object) -> None:
+        forks.append(1)
+        real(self, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(beside.Beside, "__init__", counting)
+    parallel = m.measure_all(str(tmp_path), paths)
+    assert len(forks) == 2
+    assert parallel == sequential
+    assert sequential["d00"].bytes > sequential["d01"].bytes  # type: ignore[union-attr]

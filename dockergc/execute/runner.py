@@ -196,7 +196,7 @@ def _apply(
                 _write(journal, opts, {"type": "end", "state": "interrupted"})
                 return load(root, journal.run_id)
             if opts.live and n > 1:
-                facts = Facts.read(root, opts.mounts)  # the daemon may have moved on
+                facts = facts.current(root, opts.mounts)  # the daemon may have moved on
             reason = why_not(root, action, facts, moved, planned_at, opts.mounts)
             if reason:
                 _write(

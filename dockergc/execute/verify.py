@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,36 @@ from dockergc.plan import Action, Candidate, candidates
 from dockergc.store.mountinfo import MountTable, read_all_namespaces
 from dockergc.store.snapshot import Snapshot, gather, read_pins
 
+# Where a new reference to an existing dir can appear: a layer committed to layerdb, a
+# mount record, an image, a container, a BuildKit record. Each such write changes one of
+# these entries' times (bbolt files are rewritten in place). overlay2/ and l/ are left
+# out: gc's own moves change them, and a new dir can only build on a registered layer.
+REFERENCE_SOURCES = (
+    "image/overlay2/repositories.json",
+    "image/overlay2/imagedb/content/sha256",
+    "image/overlay2/layerdb/sha256",
+    "image/overlay2/layerdb/mounts",
+    "containers",
+    "buildkit",
+    "buildkit/snapshots.db",
+    "buildkit/metadata_v2.db",
+    "buildkit/cache.db",
+)
+# Re-read at least this often anyway: a record being written when the graph was read
+# (a mount dir whose mount-id file came later) changes no time listed above.
+FACTS_MAX_AGE = 30.0
+
+
+def fingerprint(root: Path) -> tuple[tuple[int, int, int, int], ...]:
+    out = []
+    for rel in REFERENCE_SOURCES:
+        try:
+            st = os.lstat(root / rel)
+            out.append((st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
+        except OSError:
+            out.append((0, 0, 0, 0))
+    return tuple(out)
+
 
 @dataclass
 class Facts:
@@ -20,12 +52,24 @@ class Facts:
     snap: Snapshot
     graph: Graph
     candidates: dict[str, Candidate]  # by path
+    sources: tuple[tuple[int, int, int, int], ...] = ()
+    read_at: float = 0.0
 
     @classmethod
     def read(cls, root: Path, mounts: MountTable | None = None) -> Facts:
+        sources, read_at = fingerprint(root), time.monotonic()
         snap = gather(root, mounts)
         graph = mark(snap)
-        return cls(snap, graph, {c.path: c for c in candidates(snap, graph)})
+        cands = {c.path: c for c in candidates(snap, graph)}
+        return cls(snap, graph, cands, sources, read_at)
+
+    def current(self, root: Path, mounts: MountTable | None = None) -> Facts:
+        """These facts if nothing that can add a reference has changed since they were
+        read (and they are recent), else a fresh read. Saves a full re-read per action
+        on a large live root; mounts are re-read before every action regardless."""
+        if time.monotonic() - self.read_at < FACTS_MAX_AGE and fingerprint(root) == self.sources:
+            return self
+        return Facts.read(root, mounts)
 
 
 def why_not(

@@ -65,12 +65,20 @@ class Inline(Generic[T]):
         return self.value
 
 
+def each(
+    fn: Callable[..., T], root: object, groups: list[list[str]], *args: object
+) -> list[Beside[T] | Inline[T]]:
+    """``fn(root, group, *args)`` for every group, each in a child process (one group,
+    or one CPU: computed here, all at once)."""
+    groups = [g for g in groups if g]
+    if len(groups) < 2 or (os.cpu_count() or 1) < 2:
+        return [Inline(fn, root, [n for g in groups for n in g], *args)]
+    return [Beside(fn, root, g, *args) for g in groups]
+
+
 def spread(
     fn: Callable[..., T], root: object, names: list[str], *args: object, shares: int
 ) -> list[Beside[T] | Inline[T]]:
-    """``fn(root, chunk, *args)`` for ``shares`` contiguous chunks of ``names``, each in a
-    child process; results in name order. No shares (or one CPU) computes it here."""
-    if shares < 1 or (os.cpu_count() or 1) < 2 or not names:
-        return [Inline(fn, root, names, *args)]
-    size = -(-len(names) // shares)
-    return [Beside(fn, root, names[i : i + size], *args) for i in range(0, len(names), size)]
+    """``each`` over ``shares`` contiguous chunks of ``names``: results in name order."""
+    size = -(-len(names) // shares) if shares > 0 else len(names)
+    return each(fn, root, [names[i : i + size] for i in range(0, len(names), size or 1)], *args)
