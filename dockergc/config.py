@@ -27,7 +27,15 @@ SCHEMA: dict[str, tuple[Any, type | tuple[type, ...], str]] = {
     "low_watermark": (None, (int, float, str), "and purges quarantine until below this"),
     "metrics_file": (None, str, "Prometheus textfile to write after each gc"),
     "state_dir": ("/var/lib/dockergc", str, "where relocation journals are kept"),
+    "prune_containers_older_than": (None, str, "prune: stopped containers older than this"),
+    "prune_dangling": (False, bool, "prune: untagged images nothing is built on"),
+    "prune_images_older_than": (None, str, "prune: unused images last used before this"),
+    "prune_build_cache_older_than": (None, str, "prune: build cache unused for this long"),
+    "prune_keep": ([], list, "prune: image reference patterns never removed ('postgres:*')"),
+    "prune_keep_labels": ([], list, "prune: labels (key or key=value) never removed"),
+    "prune_keep_newest": (0, int, "prune: newest images kept per repository"),
 }
+LISTS_OF_STRINGS = ("excludes", "prune_keep", "prune_keep_labels")
 
 
 @dataclass(frozen=True)
@@ -59,10 +67,9 @@ def load(path: Path, required: bool = False) -> dict[str, Setting]:
             )
         if not isinstance(value, SCHEMA[name][1]):
             raise UsageError(f"config file {path}: {key} has the wrong type")
-        if name == "excludes" and not (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
-        ):
-            raise UsageError(f"config file {path}: excludes must be a list of strings")
+        strings = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if name in LISTS_OF_STRINGS and not strings:
+            raise UsageError(f"config file {path}: {key} must be a list of strings")
         settings[name] = Setting(name, value, str(path))
     return settings
 

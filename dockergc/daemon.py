@@ -143,6 +143,19 @@ def engine_get(host: str, path: str, timeout: float = 10.0) -> Any:
         conn.close()
 
 
+def engine_client(host: str, timeout: float = 120.0) -> Any:
+    """A Docker SDK API client for ``host``; EngineUnavailable if it does not answer."""
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.APIClient(base_url=host, version="auto", timeout=timeout)
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:
+        raise EngineUnavailable(f"{host}: the Docker daemon does not answer ({exc})") from exc
+    return client
+
+
 @dataclass(frozen=True)
 class EngineState:
     root: str

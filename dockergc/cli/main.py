@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from dockergc.cli import relocate_cmds, report_cmds, run_cmds  # noqa: F401  (registers them)
+from dockergc.cli import prune_cmds, relocate_cmds, report_cmds, run_cmds  # noqa: F401
 from dockergc.cli.app import _state, app
 from dockergc.errors import EXIT_ERROR, EXIT_OK, DockerGCError
 from dockergc.measure import raise_fd_limit
