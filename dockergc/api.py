@@ -6,7 +6,10 @@ changes disk.
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +42,33 @@ def resolve_target(root: Path | None, config_file: Path) -> Target:
     return Target(info, config)
 
 
+@contextmanager
+def _bulk() -> Iterator[None]:
+    # Reading a large root creates a few hundred thousand records that all live on;
+    # the cyclic collector would scan them again and again while they are made.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def scan_root(root: Path, mounts: MountTable | None = None) -> tuple[Snapshot, Graph]:
     """Read every metadata file and mark; no walk of any layer's contents (what scan needs)."""
-    snap = gather(root, mounts, detail=True)
-    return snap, mark(snap)
+    with _bulk():
+        snap = gather(root, mounts, detail=True)
+        return snap, mark(snap)
 
 
 def plan_root(
     root: Path, policy: Policy, mounts: MountTable | None = None
 ) -> tuple[Snapshot, Graph, Plan]:
     """Read, mark, measure the unreferenced, and plan."""
-    snap = gather(root, mounts)
-    graph = mark(snap)
+    with _bulk():
+        snap = gather(root, mounts)
+        graph = mark(snap)
     cands = candidates(snap, graph)
     usage: dict[str, Usage | None] = {}
     if not graph.freeze:
