@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from dockergc.errors import DockerGCError
 
 DEFAULT_ROOT = "/var/lib/docker"
 DEFAULT_CONFIG = "/etc/docker/daemon.json"
@@ -110,8 +113,21 @@ SYSTEMD_STOP = "systemctl stop docker.socket docker.service"
 SYSTEMD_START = "systemctl start docker.socket docker.service"
 
 
-class EngineUnavailable(Exception):
-    """The Engine API did not answer."""
+class EngineUnavailable(DockerGCError):
+    """The Engine API did not answer (or stopped answering): one line, exit 1."""
+
+
+@contextmanager
+def engine_errors(host: str) -> Iterator[None]:
+    """Turn the SDK's transport and server errors (the daemon went away, answered 500)
+    into EngineUnavailable; per-item API errors are handled where they are expected."""
+    import docker.errors
+    import requests
+
+    try:
+        yield
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineUnavailable(f"{host}: the Docker daemon failed: {exc}") from exc
 
 
 def engine_get(host: str, path: str, timeout: float = 10.0) -> Any:

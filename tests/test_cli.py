@@ -139,3 +139,14 @@ def test_symlinked_root_is_resolved_once_and_printed(tmp_path: Path) -> None:
     import json
 
     assert json.loads(proc.stdout)["root"] == str(root)
+
+
+def test_prune_without_a_daemon_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    out = run_cli("prune", "--dangling", "--host", f"unix://{tmp_path}/none.sock", check=1)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not answer" in lines[0], out.stderr
+    assert "internal error" not in out.stderr and not out.stdout
+    bad = run_cli("prune", "--dangling", "--high-watermark", "90", check=2)
+    assert "needs both" in bad.stderr
+    none = run_cli("prune", check=2)
+    assert "selects nothing" in none.stderr

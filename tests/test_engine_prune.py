@@ -114,9 +114,7 @@ def test_dry_run_then_run_removes_exactly_the_selection(prune_engine: tuple[Engi
     for item in plan["items"]:
         by_kind.setdefault(item["kind"], set()).update(item["names"])
     assert by_kind["container"] == {"c_gone", "c_later"}
-    assert by_kind["image"] >= REMOVED_TAGS
-    assert ids["dangling"][7:19] in by_kind["image"]
-    assert not by_kind["image"] & KEPT_TAGS
+    assert by_kind["image"] == REMOVED_TAGS | {ids["dangling"][7:19]}
     assert by_kind.get("build-cache"), "BuildKit left cache records"
     rules = {n: i["rule"] for i in plan["items"] for n in i["names"]}
     assert rules["gone:1"].startswith("unused image")
@@ -124,7 +122,7 @@ def test_dry_run_then_run_removes_exactly_the_selection(prune_engine: tuple[Engi
     kept = {k["name"]: k["why"] for k in plan["kept"]}
     assert "postgres:*" in kept["postgres:13"] and "com.example.keep" in kept["lab:1"]
     assert "used by a container" in kept["used:1"] and "used by a container" in kept["run:1"]
-    assert "newest" in kept["web:3"] or "used by a container" in kept["web:3"]
+    assert "newest" in kept["web:3"]  # c_later used it, but c_later goes first
     # Shared layers once: pair:2 is built on pair:1's 3 MiB layer; both go, it counts once.
     pair = {n: i["bytes"] for i in plan["items"] for n in i["names"] if n.startswith("pair:")}
     assert 3 * 2**20 <= sum(pair.values()) < 3.2 * 2**20

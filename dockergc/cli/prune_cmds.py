@@ -123,8 +123,10 @@ def prune(
             "prune selects nothing: give --containers-older-than, --dangling, "
             "--images-older-than, --build-cache-older-than or the watermarks"
         )
-    client = daemon.engine_client(host or os.environ.get("DOCKER_HOST") or daemon.DEFAULT_HOST)
-    facts = read_engine_facts(client, root)
+    engine = host or os.environ.get("DOCKER_HOST") or daemon.DEFAULT_HOST
+    client = daemon.engine_client(engine)
+    with daemon.engine_errors(engine):
+        facts = read_engine_facts(client, root)
     plan = make_prune_plan(facts, policy)
     if dry_run or not plan.items:
         typer.echo(dumps(plan.to_dict()) if json else prune_plan_text(plan))
@@ -134,7 +136,7 @@ def prune(
     confirm(f"Remove these {len(plan.items)} items through the daemon?", yes)
     if os.geteuid() != 0:
         raise RefusedError("prune keeps its journal under the data root: run it as root")
-    with exclusive(Path(facts.root)):
+    with exclusive(Path(facts.root)), daemon.engine_errors(engine):
         result = run_prune(client, Path(facts.root), plan, _progress(json))
     typer.echo(dumps(result.to_dict()) if json else prune_result_text(result))
     if result.count("error"):
