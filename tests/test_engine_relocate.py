@@ -23,6 +23,7 @@ import pytest
 from dockergc.execute.journal import new_run_id
 from dockergc.relocate import executor
 from dockergc.relocate import steps as S
+from dockergc.relocate.daemonjson import sha256_of
 from dockergc.relocate.plan import Control, plan_relocation
 from tests.conftest import run_cli
 from tests.engine import Engine, loop_fs
@@ -165,7 +166,9 @@ def _run_with_fault(
     run_id = new_run_id()
     control = Control(stop, start, f"unix://{e.sock}", e.config)
     _, images, containers = state_of(e)
-    steps = plan_relocation(e.root, new, control, run_id, images, containers, False)
+    steps = plan_relocation(
+        e.root, new, control, run_id, images, containers, False, config_sha256=sha256_of(e.config)
+    )
     journal = executor.begin(tmp / "state", run_id, e.root, new, steps)
     ctx = executor.Context(run_id, before_step=fault)  # type: ignore[arg-type]
     with pytest.raises(executor.RelocationFailed):
@@ -246,7 +249,14 @@ def test_resume_after_dockergc_itself_died(host: tuple[Engine, str, str, Path]) 
         run_id = new_run_id()
         control = Control(stop, start, f"unix://{e.sock}", e.config)
         steps = plan_relocation(
-            e.root, disk / "docker", control, run_id, before[1], before[2], False
+            e.root,
+            disk / "docker",
+            control,
+            run_id,
+            before[1],
+            before[2],
+            False,
+            config_sha256=sha256_of(e.config),
         )
         journal = executor.begin(tmp / "state", run_id, e.root, disk / "docker", steps)
         with pytest.raises(Died):

@@ -9,16 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from dockergc.errors import RefusedError
+from dockergc.relocate import daemonjson, executor
 from dockergc.relocate import steps as S
-from dockergc.relocate.executor import Context, perform, rebase
+from dockergc.relocate.executor import ConfigConflict, Context, perform, rebase
 from dockergc.relocate.plan import Control, plan_relocation
 from dockergc.relocate.preflight import Preflight, check_paths
 from dockergc.relocate.verify import compare
+from tests.relocate_crash import record_labels, relocate_and_kill
 
 
 def test_every_step_round_trips_and_rollback_reverses_are_the_right_ones(tmp_path: Path) -> None:
     control = Control("stop", "start", "unix:///s", tmp_path / "daemon.json")
-    plan = plan_relocation(Path("/old"), Path("/new"), control, "r1", 3, 2, selinux=True)
+    plan = plan_relocation(
+        Path("/old"), Path("/new"), control, "r1", 3, 2, selinux=True, config_sha256="ab"
+    )
     names = [s.name for s in plan]
     assert names == [
         "stop-daemon",
@@ -27,6 +32,7 @@ def test_every_step_round_trips_and_rollback_reverses_are_the_right_ones(tmp_pat
         "verify-copy",
         "rewrite-paths",
         "selinux-relabel",
+        "backup-config",
         "switch-config",
         "start-daemon",
         "post-verify",
@@ -35,14 +41,18 @@ def test_every_step_round_trips_and_rollback_reverses_are_the_right_ones(tmp_pat
         assert S.step_from_dict(S.step_dict(step)) == step
     backs = {s.name: s.reverse() for s in plan}
     assert backs["copy"] == S.RemoveCopy("/new")
-    assert isinstance(backs["switch-config"], S.RestoreConfig)
+    cfg = str(tmp_path / "daemon.json")
+    assert backs["switch-config"] == S.RestoreConfig(cfg, f"{cfg}.dockergc-r1.bak", "/new", "ab")
+    assert backs["backup-config"] == S.Noop()  # the backup is never removed
     assert backs["stop-daemon"] == S.StartDaemon("start", "stop", "unix:///s", "/old")
     assert backs["start-daemon"] == S.StopDaemon("stop", "start", "unix:///s", "/new")
 
 
 def test_bind_mode_keeps_the_path_and_the_config(tmp_path: Path) -> None:
     control = Control("stop", "start", "unix:///s", tmp_path / "daemon.json")
-    plan = plan_relocation(Path("/old"), Path("/new"), control, "r1", 3, 2, False, bind=True)
+    plan = plan_relocation(
+        Path("/old"), Path("/new"), control, "r1", 3, 2, False, bind=True, config_sha256=None
+    )
     assert [s.name for s in plan] == [
         "stop-daemon",
         "wait-idle",
@@ -101,24 +111,6 @@ def test_compare_finds_what_a_careless_copy_loses(tmp_path: Path) -> None:
     assert diffs["overlay2/x/diff/wh"] == "missing from the copy"
 
 
-def test_switch_and_restore_config(tmp_path: Path) -> None:
-    cfg = tmp_path / "daemon.json"
-    cfg.write_text(json.dumps({"graph": "/old", "log-level": "warn"}))
-    backup = str(cfg) + ".bak"
-    ctx = Context("r")
-    perform(S.SwitchConfig(str(cfg), "/new", backup), ctx)
-    assert json.loads(cfg.read_text()) == {"log-level": "warn", "data-root": "/new"}
-    perform(S.SwitchConfig(str(cfg), "/new", backup), ctx)  # idempotent: backup kept
-    perform(S.RestoreConfig(str(cfg), backup), ctx)
-    assert json.loads(cfg.read_text()) == {"graph": "/old", "log-level": "warn"}
-    # No config before the switch: the reverse removes it again.
-    cfg.unlink()
-    os.unlink(backup)
-    perform(S.SwitchConfig(str(cfg), "/new", backup), ctx)
-    perform(S.RestoreConfig(str(cfg), backup), ctx)
-    assert not cfg.exists()
-
-
 def test_path_checks(tmp_path: Path) -> None:
     old = tmp_path / "old"
     old.mkdir()
@@ -155,3 +147,198 @@ def test_mount_commands_keep_paths_with_spaces_whole(monkeypatch: pytest.MonkeyP
         ["mount", "--bind", "/mnt/new disk/docker", "/srv/other root"],
         ["umount", "/var/lib/my docker"],
     ]
+
+
+# -- daemon.json: backed up before the switch, every undo judged by what is on disk -------
+
+ORIGINAL = b'{ "log-level":"warn",\n   "graph": "/old" }\n'
+
+
+def _config_steps(tmp_path: Path, original: bytes | None) -> tuple[Path, Path, list[S.Step]]:
+    cfg = tmp_path / "etc" / "daemon.json"
+    cfg.parent.mkdir(exist_ok=True)
+    if original is not None:
+        cfg.write_bytes(original)
+        os.chmod(cfg, 0o640)
+    backup = cfg.with_name("daemon.json.dockergc-r.bak")
+    sha = daemonjson.digest(original)
+    steps: list[S.Step] = [
+        S.BackupConfig(str(cfg), str(backup), sha),
+        S.SwitchConfig(str(cfg), "/new", str(backup), sha),
+    ]
+    return cfg, backup, steps
+
+
+def test_switch_then_restore_gives_back_the_same_bytes_and_mode(tmp_path: Path) -> None:
+    cfg, backup, steps = _config_steps(tmp_path, ORIGINAL)
+    ctx = Context("r")
+    for step in steps * 2:  # each step is idempotent: a resumed run redoes it
+        perform(step, ctx)
+    assert backup.read_bytes() == ORIGINAL and os.stat(backup).st_mode & 0o777 == 0o640
+    assert json.loads(cfg.read_bytes()) == {"log-level": "warn", "data-root": "/new"}
+    for _ in range(2):
+        perform(steps[1].reverse(), ctx)
+        assert cfg.read_bytes() == ORIGINAL and os.stat(cfg).st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in cfg.parent.iterdir()) == [cfg.name, backup.name]  # no temps
+
+
+SWITCHED = daemonjson.switched(ORIGINAL, "/new")
+EDITED = b'{"data-root": "/new", "debug": true}\n'
+
+
+@pytest.mark.parametrize(
+    ("original", "on_disk", "backup", "after"),
+    [
+        # (daemon.json before the relocation, on disk at the undo, its backup, afterwards)
+        (ORIGINAL, ORIGINAL, None, ORIGINAL),  # killed before the switch: nothing to do
+        (ORIGINAL, SWITCHED, ORIGINAL, ORIGINAL),  # switched: restored from the backup
+        (ORIGINAL, None, ORIGINAL, ORIGINAL),  # removed since: the backup is put back
+        (ORIGINAL, SWITCHED, None, "refused"),  # no backup: never deleted, never overwritten
+        (ORIGINAL, SWITCHED, b"{}", "refused"),  # a backup that is not the original
+        (ORIGINAL, EDITED, ORIGINAL, "refused"),  # edited after the switch: the operator's
+        (ORIGINAL, None, None, "refused"),
+        (None, None, None, None),  # there was none and there is none
+        (None, daemonjson.switched(None, "/new"), None, None),  # the one we created goes
+        (None, EDITED, None, "refused"),
+    ],
+    ids=[
+        "original-untouched",
+        "switched-restored",
+        "missing-restored",
+        "switched-no-backup",
+        "switched-bad-backup",
+        "edited-after-switch",
+        "missing-no-backup",
+        "none-stays-none",
+        "none-ours-removed",
+        "none-edited",
+    ],
+)
+def test_restore_judges_daemon_json_by_what_is_on_disk(
+    tmp_path: Path,
+    original: bytes | None,
+    on_disk: bytes | None,
+    backup: bytes | None,
+    after: bytes | str | None,
+) -> None:
+    cfg, backup_path, steps = _config_steps(tmp_path, original)
+    cfg.unlink(missing_ok=True)
+    for path, data in ((cfg, on_disk), (backup_path, backup)):
+        if data is not None:
+            path.write_bytes(data)
+    undo = steps[1].reverse()
+    if after == "refused":
+        with pytest.raises(ConfigConflict) as info:
+            perform(undo, Context("r"))
+        assert str(cfg) in str(info.value) and str(backup_path) in str(info.value)
+        after = on_disk  # left exactly as it was
+    else:
+        perform(undo, Context("r"))
+    assert daemonjson.read(cfg) == after
+    assert daemonjson.read(backup_path) == backup  # the backup is never touched
+
+
+def test_config_changed_since_preflight_or_without_backup_is_never_switched(
+    tmp_path: Path,
+) -> None:
+    cfg, backup, (back_up, switch) = _config_steps(tmp_path, ORIGINAL)
+    cfg.write_bytes(EDITED)
+    with pytest.raises(ConfigConflict, match="changed since preflight"):
+        perform(back_up, Context("r"))
+    with pytest.raises(ConfigConflict):
+        perform(switch, Context("r"))
+    cfg.write_bytes(ORIGINAL)  # the original, but its backup was never made
+    with pytest.raises(ConfigConflict, match="backup"):
+        perform(switch, Context("r"))
+    assert cfg.read_bytes() == ORIGINAL and not backup.exists()
+
+
+def _copy_and_switch(tmp_path: Path, original: bytes | None) -> tuple[Path, Path, list[S.Step]]:
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "overlay2/x").mkdir(parents=True)
+    (old / "overlay2/x/f").write_text("data")
+    cfg, _, config_steps = _config_steps(tmp_path, original)
+    return cfg, new, [S.Copy(str(old), str(new)), S.VerifyCopy(str(old), str(new)), *config_steps]
+
+
+@pytest.mark.parametrize("original", [ORIGINAL, None], ids=["config", "no-config"])
+def test_killed_after_any_record_rollback_and_resume_keep_daemon_json(
+    tmp_path: Path, original: bytes | None
+) -> None:
+    cfg, new, steps = _copy_and_switch(tmp_path, original)
+    state = tmp_path / "state"
+    for n, label in enumerate(record_labels(steps), start=1):
+        for how in ("rollback", "resume"):
+            run_id = f"r{n}-{how}"
+            relocate_and_kill(state, run_id, tmp_path / "old", new, steps, n)
+            journal = executor.journal_for(state, run_id)
+            if how == "rollback":
+                assert executor.rollback(journal, Context(run_id)).state == "rolled-back"
+                assert daemonjson.read(cfg) == original, label
+                assert not new.exists() or not any(new.iterdir()), label
+            elif label != "end":
+                assert executor.resume(journal, Context(run_id)).state == "relocated"
+                assert daemonjson.read(cfg) == daemonjson.switched(original, "/new"), label
+                assert compare(str(tmp_path / "old"), str(new))[1] == [], label
+            if cfg.exists():  # back to the start for the next kill
+                daemonjson.write_atomic(cfg, original or b"")
+            if original is None:
+                cfg.unlink(missing_ok=True)
+
+
+def test_a_rollback_killed_after_any_record_finishes_when_run_again(tmp_path: Path) -> None:
+    cfg, new, steps = _copy_and_switch(tmp_path, ORIGINAL)
+    old, state = tmp_path / "old", tmp_path / "state"
+    # rollback-begin, intent and done of restore-config and of remove-copy: killed after each
+    for n in range(1, 6):
+        run_id = f"r{n}"
+        executor.run(executor.begin(state, run_id, old, new, steps), Context(run_id))
+        relocate_and_kill(state, run_id, old, new, None, n)
+        journal = executor.journal_for(state, run_id)
+        with pytest.raises(RefusedError, match="rolling-back"):
+            executor.resume(journal, Context(run_id))  # half undone: never goes forward
+        assert executor.rollback(journal, Context(run_id)).state == "rolled-back"
+        assert cfg.read_bytes() == ORIGINAL and not any(new.iterdir()), n
+
+
+def test_rollback_stops_at_a_daemon_json_it_cannot_account_for(tmp_path: Path) -> None:
+    cfg, new, steps = _copy_and_switch(tmp_path, ORIGINAL)
+    journal = executor.begin(tmp_path / "state", "r", tmp_path / "old", new, steps)
+    assert executor.run(journal, Context("r")).state == "relocated"
+    cfg.write_bytes(EDITED)  # edited by hand after the switch
+    view = executor.rollback(journal, Context("r"))
+    assert view.state == "rollback-failed"
+    assert str(cfg) in view.error and f"{cfg}.dockergc-r.bak" in view.error
+    assert "the copy is kept" in view.error
+    assert cfg.read_bytes() == EDITED and (new / "overlay2/x/f").exists()
+    with pytest.raises(RefusedError, match="rollback-failed"):
+        executor.resume(journal, Context("r"))
+    cfg.write_bytes(SWITCHED)  # put right by hand: the rollback can finish
+    assert executor.rollback(journal, Context("r")).state == "rolled-back"
+    assert cfg.read_bytes() == ORIGINAL and not any(new.iterdir())
+
+
+def test_a_finalized_relocation_is_never_rolled_back(tmp_path: Path) -> None:
+    cfg, new, steps = _copy_and_switch(tmp_path, ORIGINAL)
+    journal = executor.begin(tmp_path / "state", "r", tmp_path / "old", new, steps)
+    executor.run(journal, Context("r"))
+    journal.append({"type": "finalize-end", "state": "finalized"})
+    with pytest.raises(RefusedError, match="finalized"):
+        executor.rollback(journal, Context("r"))
+    assert (new / "overlay2/x/f").exists()
+
+
+# -- the copy: a re-run converges on an exact copy ----------------------------------------
+
+
+def test_a_rerun_copy_converges_on_an_exact_copy(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "volumes/v/_data").mkdir(parents=True)
+    (old / "volumes/v/_data/big").write_bytes(b"x" * 4096)
+    (new / "volumes/v/_data").mkdir(parents=True)
+    (new / "volumes/v/_data/.big.Xa1b2C").write_bytes(b"x" * 100)  # a killed rsync's temp
+    (new / "volumes/v/_data/stale").write_text("not in the original")
+    (new / ".dockergc").mkdir()  # excluded from the copy, so never deleted by it
+    perform(S.Copy(str(old), str(new)), Context("r"))
+    assert compare(str(old), str(new))[1] == []
+    assert (new / ".dockergc").is_dir()

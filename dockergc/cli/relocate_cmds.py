@@ -104,9 +104,9 @@ def relocate(
     if to is None:
         raise UsageError("relocate needs --to NEW (or --resume RUN, or a subcommand)")
     target = target_from(root, config_file)
-    daemon_config = Path(
-        settings(daemon_config=str(config_file) if config_file else None)["daemon_config"].value
-    )
+    # The file itself: a symlinked daemon.json is switched and restored where it points.
+    configured = settings(daemon_config=str(config_file) if config_file else None)
+    daemon_config = Path(os.path.realpath(configured["daemon_config"].value))
     old = target.root.path
     if not dry_run:
         api.refuse_if_unwritable(old)
@@ -123,7 +123,17 @@ def relocate(
     confirm(f"Stop the daemon and move {old} to {new}?", yes)
     run_id = new_run_id()
     control = Control(stop_cmd, start_cmd, engine, daemon_config)
-    steps = plan_relocation(old, new, control, run_id, images, containers, pf.selinux, bind)
+    steps = plan_relocation(
+        old,
+        new,
+        control,
+        run_id,
+        images,
+        containers,
+        pf.selinux,
+        bind,
+        config_sha256=pf.config_sha256,
+    )
     with exclusive(old):
         for unfinished in unfinished_runs(old):
             raise RefusedError(
@@ -167,7 +177,7 @@ def relocate_rollback(
     question = "Roll relocation {rid} back to {old}? Changes made on the new root are lost."
     view = _after_the_fact(run_id, state_dir, yes, json, question, executor.rollback)
     if view.state != "rolled-back":
-        raise typer.Exit(1)
+        raise executor.RelocationFailed(f"rollback of {view.run_id} did not finish: {view.error}")
 
 
 @relocate_app.command("finalize")

@@ -8,10 +8,12 @@ copy, start the daemon on the old root. The old root is never written to before
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,16 +26,37 @@ from dockergc.errors import DockerGCError, RefusedError, UsageError
 from dockergc.execute import safefs
 from dockergc.execute.journal import Journal
 from dockergc.registry import Registry
+from dockergc.relocate import daemonjson
 from dockergc.relocate import steps as S
 from dockergc.relocate.verify import compare
 from dockergc.store.snapshot import read_pins
 
 RELOCATIONS = "relocations"
-RSYNC = ["rsync", "-aHAX", "--numeric-ids", "--sparse", "-x", "--exclude=/.dockergc"]
+# --delete makes a re-run converge on an exact copy (a killed rsync leaves its temp files,
+# ".<name>.XXXXXX", in the target); the excluded /.dockergc is protected from it.
+RSYNC = [
+    "rsync",
+    "-aHAX",
+    "--numeric-ids",
+    "--sparse",
+    "-x",
+    "--delete",
+    "--exclude=/.dockergc",
+]
+PR_SET_PDEATHSIG = 1
 
 
 class RelocationFailed(DockerGCError):
     """A step failed; the relocation was rolled back (the message says how far)."""
+
+
+class ConfigConflict(RefusedError):
+    """daemon.json is in a state the journal cannot account for: left exactly as it is."""
+
+    hint = (
+        "compare the two files, put the right daemon.json in place by hand, then run "
+        "'dockergc relocate rollback RUN' (or --resume RUN) again"
+    )
 
 
 @dataclass
@@ -71,10 +94,29 @@ def _wait_idle(step: S.WaitIdle, ctx: Context) -> None:
         raise RefusedError(f"{root} still has mounts in use: {busy[0]} (+{len(busy) - 1} more)")
 
 
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when dockergc dies, even by SIGKILL, so a
+    killed dockergc never leaves a copy running into the target (prctl is resolved here,
+    before the fork)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    args = [ctypes.c_ulong(v) for v in (signal.SIGKILL, 0, 0, 0)]  # prctl(2) takes longs
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, *args) != 0 or os.getppid() != parent:
+            os._exit(127)  # no guarantee, or dockergc died before it took hold: no copy
+
+    return preexec
+
+
 @implementation_for(S.Copy)
 def _copy(step: S.Copy, ctx: Context) -> None:
     Path(step.new).mkdir(parents=True, exist_ok=True, mode=0o710)
-    proc = subprocess.run([*RSYNC, f"{step.old}/", f"{step.new}/"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [*RSYNC, f"{step.old}/", f"{step.new}/"],
+        capture_output=True,
+        text=True,
+        preexec_fn=_die_with_parent(os.getpid()),
+    )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
         raise RelocationFailed(f"copy failed (rsync exit {proc.returncode}): {last}")
@@ -121,7 +163,8 @@ def _rewrite(step: S.RewritePaths, ctx: Context) -> None:
         doc = json.loads(path.read_text())
         moved = rebase(doc, step.old, step.new)
         if moved != doc:
-            _write_atomic(path, json.dumps(moved, separators=(",", ":")))
+            text = json.dumps(moved, separators=(",", ":"))
+            daemonjson.write_atomic(path, text.encode(), like=os.stat(path))
 
 
 @implementation_for(S.Relabel)
@@ -151,28 +194,77 @@ def fstab_line(new: str, old: str) -> str:
     return f"{new} {old} none bind 0 0"
 
 
+def _conflict(step: S.SwitchConfig | S.RestoreConfig, what: str, current: str | None) -> None:
+    raise ConfigConflict(
+        f"{what}: {step.config} (sha256 {current or 'absent'}) is neither the original "
+        f"(sha256 {step.original_sha256 or 'absent'}) nor what this relocation wrote; "
+        f"left as it is; the original is kept at {step.backup}"
+    )
+
+
+def _verified_backup(step: S.SwitchConfig | S.RestoreConfig, what: str) -> bytes:
+    """The backup's bytes, if they are the journaled original; else refuse."""
+    data = daemonjson.read(Path(step.backup))
+    if data is None or daemonjson.digest(data) != step.original_sha256:
+        found = "missing" if data is None else f"sha256 {daemonjson.digest(data)}"
+        raise ConfigConflict(
+            f"{what}: the backup {step.backup} is not the original ({found}; the journal "
+            f"records sha256 {step.original_sha256}); {step.config} left as it is"
+        )
+    return data
+
+
+@implementation_for(S.BackupConfig)
+def _backup(step: S.BackupConfig, ctx: Context) -> None:
+    config, backup = Path(step.config), Path(step.backup)
+    if step.original_sha256 is not None and daemonjson.sha256_of(backup) == step.original_sha256:
+        return  # kept already
+    data = daemonjson.read(config)
+    if daemonjson.digest(data) != step.original_sha256:
+        raise ConfigConflict(
+            f"{config} changed since preflight (sha256 {daemonjson.digest(data) or 'absent'}, "
+            f"preflight read {step.original_sha256 or 'no file'}); nothing was switched; "
+            "run the relocation again"
+        )
+    if data is None:
+        return  # there is nothing to keep: the journal says so (original_sha256 null)
+    daemonjson.write_atomic(backup, data, like=os.stat(config))
+    if daemonjson.sha256_of(backup) != step.original_sha256:
+        raise RelocationFailed(f"the backup {backup} does not read back as {config}")
+
+
 @implementation_for(S.SwitchConfig)
 def _switch(step: S.SwitchConfig, ctx: Context) -> None:
     config = Path(step.config)
-    doc: dict[str, Any] = {}
-    if config.exists():
-        if not Path(step.backup).exists():
-            shutil.copy2(config, step.backup)
-            _fsync_file(Path(step.backup))
-        doc = json.loads(config.read_text() or "{}")
-    doc.pop("graph", None)
-    doc["data-root"] = step.new_root
-    _write_atomic(config, json.dumps(doc, indent=2) + "\n")
+    current = daemonjson.read(config)
+    now = daemonjson.digest(current)
+    if now != step.original_sha256:
+        original = None if step.original_sha256 is None else _verified_backup(step, "switch")
+        if now == daemonjson.digest(daemonjson.switched(original, step.new_root)):
+            return  # switched already (a resumed run)
+        _conflict(step, "refusing to switch", now)
+    if step.original_sha256 is not None:
+        _verified_backup(step, "refusing to switch")  # never switch without a good backup
+    like = os.stat(config) if current is not None else None
+    daemonjson.write_atomic(config, daemonjson.switched(current, step.new_root), like)
 
 
 @implementation_for(S.RestoreConfig)
 def _restore(step: S.RestoreConfig, ctx: Context) -> None:
-    config, backup = Path(step.config), Path(step.backup)
-    if backup.exists():
-        _write_atomic(config, backup.read_text())
-    elif config.exists():
-        # There was no config before the switch: the reverse is no config.
-        config.unlink()
+    config = Path(step.config)
+    now = daemonjson.sha256_of(config)
+    if now == step.original_sha256:
+        return  # the original is in place (or, as before, there is no file)
+    what = f"cannot restore {config}"
+    original = None if step.original_sha256 is None else _verified_backup(step, what)
+    if now != daemonjson.digest(daemonjson.switched(original, step.new_root)) and (
+        original is None or now is not None  # only a missing file is safe to put back
+    ):
+        _conflict(step, what, now)
+    if original is None:
+        daemonjson.remove(config)  # the journal records there was none; this is ours
+    else:
+        daemonjson.write_atomic(config, original, like=os.stat(step.backup))
 
 
 @implementation_for(S.StartDaemon)
@@ -204,23 +296,6 @@ def _noop(step: S.Noop, ctx: Context) -> None:
     pass
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.dockergc-tmp")
-    tmp.write_text(text)
-    _fsync_file(tmp)
-    if path.exists():
-        shutil.copymode(path, tmp)
-    os.replace(tmp, path)
-
-
 def perform(step: S.Step, ctx: Context) -> None:
     STEPS.perform(step, ctx)
 
@@ -231,7 +306,7 @@ def perform(step: S.Step, ctx: Context) -> None:
 @dataclass
 class RelocationView:
     run_id: str
-    state: str  # planned|running|relocated|rolled-back|rollback-failed|finalized|interrupted
+    state: str  # running|relocated|rolling-back|rolled-back|rollback-failed|finalized
     old: str
     new: str
     steps: list[dict[str, Any]]
@@ -269,6 +344,11 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
             journal.append({"type": "fault", "seq": i, "error": str(exc)})
             ctx.progress(f"{step.name} failed: {exc}; rolling back")
             view = rollback(journal, ctx)
+            if view.state != "rolled-back":
+                raise RelocationFailed(
+                    f"relocation failed at {step.name}: {exc}; the rollback did not finish: "
+                    f"{view.error}"
+                ) from exc
             raise RelocationFailed(
                 f"relocation failed at {step.name}: {exc}; rolled back "
                 f"({view.state}): the daemon runs on {view.old} again"
@@ -280,7 +360,15 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
 
 
 def rollback(journal: Journal, ctx: Context) -> RelocationView:
-    """Undo every started step, newest first; the old root is left as it was."""
+    """Undo every started step, newest first; the old root is left as it was.
+
+    If daemon.json cannot be restored, stop there: every later undo (remove the copy,
+    start the daemon) assumes daemon.json names the old root again."""
+    if view_of(journal).state == "finalized":
+        raise RefusedError(
+            f"relocation {journal.run_id} was finalized: the old root is gone, so there is "
+            "nothing to roll back to (rolling back would remove the only copy)"
+        )
     records = journal.records()
     started = sorted({int(r["seq"]) for r in records if r.get("type") == "intent"}, reverse=True)
     plan = [S.step_from_dict(d) for d in _begin(journal)["steps"]]
@@ -294,15 +382,17 @@ def rollback(journal: Journal, ctx: Context) -> RelocationView:
         back = plan[i].reverse()
         if isinstance(back, S.StopDaemon) and ran_on_new:
             continue  # already stopped above, even if its start never answered
-        _best_effort(journal, ctx, back, failures)
+        if not _best_effort(journal, ctx, back, failures) and isinstance(back, S.RestoreConfig):
+            failures.append("rollback stopped there: the copy is kept and the daemon not started")
+            break
     state = "rollback-failed" if failures else "rolled-back"
     journal.append({"type": "rollback-end", "state": state, "failures": failures})
     return view_of(journal)
 
 
-def _best_effort(journal: Journal, ctx: Context, step: S.Step, failures: list[str]) -> None:
+def _best_effort(journal: Journal, ctx: Context, step: S.Step, failures: list[str]) -> bool:
     if isinstance(step, S.Noop):
-        return
+        return True
     journal.append({"type": "undo-intent", "step": S.step_dict(step)})
     ctx.progress(f"rollback: {step.name}")
     try:
@@ -314,6 +404,8 @@ def _best_effort(journal: Journal, ctx: Context, step: S.Step, failures: list[st
     except (DockerGCError, daemon.EngineUnavailable, OSError, ValueError) as exc:
         failures.append(f"{step.name}: {exc}")
         journal.append({"type": "undo-fault", "step": step.name, "error": str(exc)})
+        return False
+    return True
 
 
 def _begin(journal: Journal) -> dict[str, Any]:
@@ -326,20 +418,24 @@ def _begin(journal: Journal) -> dict[str, Any]:
 def view_of(journal: Journal) -> RelocationView:
     records = journal.records()
     head = _begin(journal)
-    state, error = "running", ""
+    state, error, undo_error = "running", "", ""
     timings: dict[str, float] = {}
     for r in records:
         if r.get("type") == "fault":
             error = str(r.get("error"))
+        if r.get("type") == "rollback-begin":
+            state = "rolling-back"  # until its end: a rollback cut short is not resumable
         if r.get("type") in ("end", "rollback-end", "finalize-end"):
             state = str(r["state"])
             timings = r.get("timings", timings)
+        if r.get("type") == "rollback-end":  # the latest rollback's own failures, if any
+            undo_error = "; ".join(str(f) for f in r.get("failures") or [])
     done = {int(r["seq"]) for r in records if r.get("type") == "done"}
     steps = [{"step": d["name"], "done": i in done} for i, d in enumerate(head["steps"])]
     bind = any(d["name"] == "bind-mount" for d in head["steps"])
     fstab = fstab_line(head["new"], head["old"]) if bind else ""
     return RelocationView(
-        journal.run_id, state, head["old"], head["new"], steps, error, timings, fstab
+        journal.run_id, state, head["old"], head["new"], steps, undo_error or error, timings, fstab
     )
 
 
@@ -361,6 +457,11 @@ def resume(journal: Journal, ctx: Context) -> RelocationView:
     """After dockergc itself died: redo the step under way and go on (all steps are
     idempotent: rsync again, verify again, rewrite the config, start if not running)."""
     view = view_of(journal)
+    if view.state in ("rolling-back", "rollback-failed"):
+        raise RefusedError(
+            f"relocation {journal.run_id} is {view.state}; it cannot go forward",
+            hint=f"finish the rollback: dockergc relocate rollback {journal.run_id}",
+        )
     if view.state != "running":
         raise UsageError(f"relocation {journal.run_id} is {view.state}; nothing to resume")
     first = next((i for i, s in enumerate(view.steps) if not s["done"]), len(view.steps))

@@ -25,10 +25,14 @@ def plan_relocation(
     containers: int,
     selinux: bool,
     bind: bool = False,
+    *,
+    config_sha256: str | None,
 ) -> list[S.Step]:
     """The steps; with ``bind`` the path stays: the copy is bind-mounted over the old root
-    and daemon.json is left alone."""
-    backup = f"{control.config}.dockergc-{run_id}.bak"
+    and daemon.json is left alone. ``config_sha256`` is the sha256 of daemon.json as
+    preflight read it, None when there is none: the journal's record of the original,
+    against which every later write and undo of daemon.json is checked."""
+    config, backup = str(control.config), f"{control.config}.dockergc-{run_id}.bak"
     plan: list[S.Step] = [
         S.StopDaemon(control.stop_cmd, control.start_cmd, control.host, str(old)),
         S.WaitIdle(str(old)),
@@ -39,11 +43,15 @@ def plan_relocation(
         plan.append(S.RewritePaths(str(old), str(new)))
     if selinux:
         plan.append(S.Relabel(str(new)))
+    if bind:
+        plan.append(S.BindMount(str(new), str(old)))
+    else:
+        plan += [
+            S.BackupConfig(config, backup, config_sha256),  # done before the switch's intent
+            S.SwitchConfig(config, str(new), backup, config_sha256),
+        ]
     root = old if bind else new
     plan += [
-        S.BindMount(str(new), str(old))
-        if bind
-        else S.SwitchConfig(str(control.config), str(new), backup),
         S.StartDaemon(control.start_cmd, control.stop_cmd, control.host, str(root)),
         S.PostVerify(control.host, str(root), images, containers),
     ]

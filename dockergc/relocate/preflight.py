@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 
 from dockergc.measure import measure
+from dockergc.relocate import daemonjson
 from dockergc.store.fsread import UnreadableFile, read_text
 
 MARGIN_BYTES = 512 * 2**20
@@ -43,6 +44,7 @@ class Preflight:
     not_moving: list[str] = field(default_factory=list)
     running: list[str] = field(default_factory=list)
     selinux: bool = False
+    config_sha256: str | None = None  # daemon.json as read here; None: there is none
 
     @property
     def ok(self) -> bool:
@@ -143,18 +145,23 @@ def check_space(pf: Preflight, old: Path, new: Path) -> None:
 
 
 def check_config(pf: Preflight, config: Path) -> None:
-    if config.exists():
+    try:
+        pf.config_sha256 = daemonjson.sha256_of(config)
+    except OSError as exc:
+        pf.add("daemon config readable", False, f"{config}: {exc.strerror}")
+        return
+    if pf.config_sha256 is not None:
         try:
             doc = json.loads(read_text(config) or "{}")
             ok = isinstance(doc, dict)
             pf.add("daemon config parses", ok, str(config))
         except (UnreadableFile, ValueError) as exc:
             pf.add("daemon config parses", False, f"{config}: {exc}")
-        pf.add("daemon config writable", os.access(config, os.W_OK), str(config))
-    else:
-        pf.add(
-            "daemon config writable", os.access(config.parent, os.W_OK), f"{config} will be created"
-        )
+    # The backup and every atomic replace of daemon.json are made in its directory.
+    detail = f"{config}, backup and replace in {config.parent}"
+    if pf.config_sha256 is None:
+        detail = f"{config} will be created"
+    pf.add("daemon config writable", os.access(config.parent, os.W_OK), detail)
 
 
 def find_not_moving(pf: Preflight, old: Path) -> None:

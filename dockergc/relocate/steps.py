@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from dockergc.errors import UsageError
+
 
 @dataclass(frozen=True)
 class StopDaemon:
@@ -114,20 +116,41 @@ class Unmount:
 
 
 @dataclass(frozen=True)
+class BackupConfig:
+    """Keep daemon.json's original bytes (file and directory fsync'd) before the switch is
+    journaled. ``original_sha256`` is what preflight read, journaled with the plan; None
+    records that there was no daemon.json (nothing to keep)."""
+
+    config: str
+    backup: str
+    original_sha256: str | None
+    name: str = "backup-config"
+
+    def reverse(self) -> Step:
+        return Noop()  # the backup is the operator's config: it is never removed
+
+
+@dataclass(frozen=True)
 class SwitchConfig:
     config: str
     new_root: str
     backup: str
+    original_sha256: str | None
     name: str = "switch-config"
 
     def reverse(self) -> Step:
-        return RestoreConfig(self.config, self.backup)
+        return RestoreConfig(self.config, self.backup, self.new_root, self.original_sha256)
 
 
 @dataclass(frozen=True)
 class RestoreConfig:
+    """Put the original daemon.json back, judged by what is on disk against the journaled
+    hashes; it never deletes or overwrites a daemon.json it cannot account for."""
+
     config: str
     backup: str
+    new_root: str
+    original_sha256: str | None
     name: str = "restore-config"
 
     def reverse(self) -> Step:
@@ -165,6 +188,7 @@ Step = (
     | Relabel
     | BindMount
     | Unmount
+    | BackupConfig
     | SwitchConfig
     | RestoreConfig
     | PostVerify
@@ -183,6 +207,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         Relabel,
         BindMount,
         Unmount,
+        BackupConfig,
         SwitchConfig,
         RestoreConfig,
         PostVerify,
@@ -196,4 +221,10 @@ def step_dict(step: Step) -> dict[str, Any]:
 
 
 def step_from_dict(doc: dict[str, Any]) -> Step:
-    return STEP_TYPES[str(doc["name"])](**doc)
+    try:
+        return STEP_TYPES[str(doc["name"])](**doc)
+    except (KeyError, TypeError) as exc:
+        raise UsageError(
+            f"relocation step {doc.get('name')!r} in the journal is not one this dockergc "
+            f"knows ({exc}); finish the run with the dockergc version that started it"
+        ) from exc
