@@ -49,16 +49,37 @@ class _Marker:
         self.freeze: list[str] = []
         self.broken: list[str] = []
         self.link_owner: dict[str, str] = {}
+        owner = self.link_owner
         for link in snap.overlay.links:
             if link.target_dir:
-                self.link_owner[link.short] = link.target_dir
+                owner[link.short] = link.target_dir
         for d in snap.overlay.dirs:
             if d.link:  # a dir's own link file wins over what l/ says
-                self.link_owner[d.link] = d.name
+                was = owner.get(d.link)
+                if was is not None and was != d.name:
+                    # Two link files, or a link file and l/'s target, disagree: a lower
+                    # file naming it may mean either dir (the kernel follows l/).
+                    self.freeze.append(
+                        f"short link l/{d.link} names both overlay2/{was} and "
+                        f"overlay2/{d.name} (link files or l/ disagree)"
+                    )
+                owner[d.link] = d.name
         self.queue: deque[str] = deque()
 
     def keep(self, name: str, reason: str) -> None:
         if name not in self.live:
+            self.live[name] = reason
+            self.queue.append(name)
+
+    def claim(self, name: str, reason: str) -> None:
+        """Keep a dir a layerdb record names. Each dir belongs to one record: a second
+        claim means some record's id was copied or changed, and the dir it meant before
+        may now look unreferenced. Which one cannot be told, so nothing is deleted."""
+        if name in self.live:
+            self.freeze.append(
+                f"overlay2/{name} is claimed by two records: {self.live[name]}, and {reason}"
+            )
+        else:
             self.live[name] = reason
             self.queue.append(name)
 
@@ -72,9 +93,10 @@ class _Marker:
             label = ", ".join(sorted(tags_by_image.get(image.id, []))) or _short(image.id[7:])
             for chain in image.chain_ids:
                 users.setdefault(chain, f"image {label}")
+        # Layers and mount records first, while only their claims are in self.live.
         for layer in snap.layers.layers:
             who = users.get(layer.chain_id, "no image (kept while layerdb holds it)")
-            self.keep(layer.cache_id, f"layer {_short(layer.chain_id[7:])} of {who}")
+            self.claim(layer.cache_id, f"layer {_short(layer.chain_id[7:])} of {who}")
             if layer.cache_id not in self.dirs:
                 # moby renames a layer -removing before deleting its dir, so a plain
                 # entry without its dir is corruption or a hand deletion: its cache-id
@@ -93,9 +115,14 @@ class _Marker:
                     f"mount record {_short(mount.name)} (builder or image mount; no container dir)"
                 )
             )
-            self.keep(mount.mount_id, f"rw layer of {who}")
+            self.claim(mount.mount_id, f"rw layer of {who} (mount-id)")
             if mount.init_id:
-                self.keep(mount.init_id, f"init layer of {who}")
+                self.claim(mount.init_id, f"init layer of {who} (init-id)")
+                if mount.init_id != mount.mount_id + "-init":
+                    # moby always names it <mount-id>-init: one of the two was changed.
+                    self.freeze.append(
+                        f"mount record {_short(mount.name)}'s init-id is not its mount-id + '-init'"
+                    )
         for key in sorted(snap.buildkit.snapshot_keys):
             if key in self.dirs:
                 self.keep(key, "BuildKit snapshot (buildkit/snapshots.db)")

@@ -106,8 +106,10 @@ Shared = dict[tuple[int, int], int]
 def _measure(path: str, seen: set[tuple[int, int]]) -> tuple[Usage | None, Shared]:
     try:
         top = os.lstat(path)
-    except FileNotFoundError:
-        return None, {}
+    except (FileNotFoundError, NotADirectoryError):
+        return None, {}  # vanished: kept as such by the planner
+    except OSError as exc:  # kept: "could not be measured"
+        return Usage(0, 0.0, 0, 0, 0, (), (f"{path}: {exc.strerror}",)), {}
     walk = _Walk(top, seen)
     if (top.st_dev, top.st_ino) not in seen:
         seen.add((top.st_dev, top.st_ino))

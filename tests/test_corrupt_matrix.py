@@ -199,3 +199,170 @@ def test_daemon_json_matrix(
     assert main(["plan", "--config-file", str(cfg)]) == code
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+# -- valid ids moved between records ---------------------------------------------------
+# Each class is a pool of files of one kind (or two pools, for ids that one kind of
+# record can wrongly hold from another): every value is copied onto every other file of
+# the class, and every pair is swapped. A copy leaves some dir claimed by nobody and one
+# claimed twice; a swap leaves every dir claimed once, but by the wrong record.
+
+
+def build_claims(root: Path) -> dict[str, list[Path]]:
+    """A root whose every record kind exists at least three times; the pools by class."""
+    b = RootBuilder(root)
+    base = b.layer({"bin/sh": b"x"})
+    app = b.layer({"app": b"a"}, base)
+    tool = b.layer({"tool": b"t"}, base)
+    top = b.layer({"top": b"p"}, app)
+    images = [b.image([base, app], ["app:1"]), b.image([base, tool], ["tool:1"])]
+    images.append(b.image([base, app, top], ["top:1"]))
+    tops = [app, tool, top]
+    cs = [b.container(images[i % 3], tops[i % 3], f"c{i}", running=i % 2 == 0) for i in range(3)]
+    key = b.buildkit_snapshot(app, {"o": b"o"})
+    pulled = b.interrupted_pull(app, {"z": b"z"})
+    gone = b.container(images[0], app, "gone")
+    b.interrupted_container_removal(gone)
+    b.finish()
+    ldb = root / "image/overlay2/layerdb"
+    layers = [ldb / "sha256" / lay.chain_id[7:] for lay in (base, app, tool, top)]
+    mounts = [ldb / "mounts" / c.id for c in cs]
+    # One dir of each role (base and child layer, rw and init of a live and of a removed
+    # container, BuildKit's, a leftover pull): link and lower files move between those.
+    roles = [base.cache_id, app.cache_id, cs[0].mount_id, key, pulled, gone.mount_id]
+    roles += [cs[0].mount_id + "-init", gone.mount_id + "-init"]
+    dirs = [root / "overlay2" / name for name in roles]
+    return {
+        "mount-id": [m / "mount-id" for m in mounts],
+        "init-id": [m / "init-id" for m in mounts],
+        "cache-id": [lay / "cache-id" for lay in layers],
+        "parent": [p / "parent" for p in layers[1:] + mounts],
+        "lower": [d / "lower" for d in dirs if (d / "lower").exists()],
+        "link": [d / "link" for d in dirs],
+        "l/ target": [root / "overlay2/l" / (d / "link").read_text() for d in dirs],
+    }
+
+
+# Classes of one pool, and cross classes (a value of the first pool moved into the second).
+CLAIM_CLASSES: dict[str, tuple[str, ...]] = {
+    "mount-id": ("mount-id",),
+    "init-id": ("init-id",),
+    "cache-id": ("cache-id",),
+    "parent": ("parent",),
+    "lower": ("lower",),
+    "link": ("link",),
+    "l/ target": ("l/ target",),
+    "mount-id/init-id": ("mount-id", "init-id"),
+    "mount-id/cache-id": ("mount-id", "cache-id"),
+    "init-id/cache-id": ("init-id", "cache-id"),
+}
+
+
+def _value(path: Path) -> str:
+    return os.readlink(path) if path.is_symlink() else path.read_text()
+
+
+def _put(path: Path, value: str) -> None:
+    if path.is_symlink():
+        path.unlink()
+        os.symlink(value, path)
+    else:
+        path.write_text(value)
+
+
+def moves(pools: dict[str, list[Path]], cls: str) -> list[dict[Path, str]]:
+    """Every copy and every swap of the class, as {file: new value}."""
+    first, second = (CLAIM_CLASSES[cls] * 2)[:2]
+    a_pool, b_pool = pools[first], pools[second]
+    out: list[dict[Path, str]] = []
+    swapped: set[frozenset[Path]] = set()
+    for a in a_pool:
+        for b in b_pool:
+            if a == b or _value(a) == _value(b):
+                continue
+            out.append({b: _value(a)})  # a's value copied over b's
+            if first != second:
+                out.append({a: _value(b)})  # and the other way
+            if frozenset((a, b)) not in swapped:
+                swapped.add(frozenset((a, b)))
+                out.append({a: _value(b), b: _value(a)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def claims_root(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, list[Path]], set[str]]:
+    root = tmp_path_factory.mktemp("claims") / "docker"
+    pools = build_claims(root)
+    return root, pools, referenced(root)
+
+
+# The figures the README quotes: mutations run per class (a regression guard, too).
+CLAIM_COUNTS = {
+    "mount-id": 9,
+    "init-id": 9,
+    "cache-id": 18,
+    "parent": 39,
+    "lower": 45,
+    "link": 84,
+    "l/ target": 84,
+    "mount-id/init-id": 27,
+    "mount-id/cache-id": 36,
+    "init-id/cache-id": 36,
+}
+
+
+@pytest.mark.parametrize("cls", sorted(CLAIM_CLASSES))
+def test_ids_moved_between_records_never_free_a_referenced_path(
+    claims_root: tuple[Path, dict[str, list[Path]], set[str]], cls: str
+) -> None:
+    root, pools, live_before = claims_root
+    changes = moves(pools, cls)
+    frozen = 0
+    for change in changes:
+        before = {path: _value(path) for path in change}
+        try:
+            for path, value in change.items():
+                _put(path, value)
+            _, _, plan = plan_root(root, Policy(min_age=0), NO_MOUNTS)
+            if cls == "parent":  # only scan reads parent files (plan has no use for them)
+                scan_root(root, NO_MOUNTS)
+        finally:
+            for path, value in before.items():
+                _put(path, value)
+        planned = {a.path for a in plan.actions} & live_before
+        assert not planned, (cls, {str(p): v for p, v in change.items()}, planned, plan.frozen)
+        frozen += bool(plan.frozen)
+    print(f"{cls}: {len(changes)} mutations ({frozen} frozen), 0 referenced planned, 0 errors")
+    assert len(changes) >= CLAIM_COUNTS[cls]
+
+
+def claim_pools(root: Path) -> dict[str, list[Path]]:
+    """The same pools, every file of each kind in any root (for random roots)."""
+    ldb = root / "image/overlay2/layerdb"
+    dirs = sorted(p for p in (root / "overlay2").iterdir() if p.name != "l")
+    return {
+        "mount-id": sorted(ldb.glob("mounts/*/mount-id")),
+        "init-id": sorted(ldb.glob("mounts/*/init-id")),
+        "cache-id": sorted(ldb.glob("sha256/*/cache-id")),
+        "parent": sorted(ldb.glob("*/*/parent")),
+        "lower": [d / "lower" for d in dirs if (d / "lower").is_file()],
+        "link": [d / "link" for d in dirs if (d / "link").is_file()],
+        "l/ target": sorted((root / "overlay2/l").iterdir()),
+    }
+
+
+def move_ids(root: Path, cls: str, a: int, b: int, swap: bool) -> None:
+    """Move one value of class ``cls`` (picks modulo the pool sizes): copy or swap."""
+    pools = claim_pools(root)
+    first, second = (CLAIM_CLASSES[cls] * 2)[:2]
+    if not pools[first] or not pools[second]:
+        return
+    src, dst = pools[first][a % len(pools[first])], pools[second][b % len(pools[second])]
+    if src == dst or not (src.is_symlink() or src.is_file()):
+        return
+    value, old = _value(src), _value(dst)
+    _put(dst, value)
+    if swap:
+        _put(src, old)

@@ -1,7 +1,8 @@
 """Property-based: random valid roots, random crash leftovers, random corruptions.
 
-Invariants: with no corruption the plan is exactly the leftovers; with corruption it
-never gains a path that was referenced before; planning twice gives the same plan.
+Invariants: with no corruption the plan is exactly the leftovers; with corruption, or
+valid ids moved between records, it never gains a path that was referenced before;
+planning twice gives the same plan.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dockergc.graph import mark
 from dockergc.plan import Policy
 from dockergc.store.snapshot import gather
 from tests.conftest import NO_MOUNTS
-from tests.test_corrupt_matrix import CORRUPTIONS
+from tests.test_corrupt_matrix import CLAIM_CLASSES, CORRUPTIONS, move_ids
 
 
 @st.composite
@@ -33,6 +34,17 @@ def worlds(draw: st.DrawFn) -> dict[str, object]:
         "removing": draw(st.integers(0, 1)),
         "dangling": draw(st.integers(0, 2)),
         "write_sets": draw(st.integers(0, 1)),
+        "moves": draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(sorted(CLAIM_CLASSES)),
+                    st.integers(0, 10**6),
+                    st.integers(0, 10**6),
+                    st.booleans(),
+                ),
+                max_size=2,
+            )
+        ),
         "corrupt": draw(
             st.lists(
                 st.tuples(st.integers(0, 10**6), st.sampled_from(sorted(CORRUPTIONS))), max_size=2
@@ -114,6 +126,8 @@ def test_plans_are_exact_safe_under_corruption_and_deterministic(w: dict[str, ob
             victim = files[pick % len(files)]
             if victim.exists() and not victim.is_symlink():
                 CORRUPTIONS[kind](victim)
+        for cls, a, b, swap in w["moves"]:  # type: ignore[attr-defined]
+            move_ids(root, cls, a, b, swap)  # valid ids moved between records
         _, _, first = plan_root(root, Policy(min_age=0), NO_MOUNTS)
         assert not {a.path for a in first.actions} & live
         _, _, second = plan_root(root, Policy(min_age=0), NO_MOUNTS)

@@ -7,13 +7,17 @@ and leaf elements (flags u32, pos u32, ksize u32, vsize u32) with ``pos`` relati
 to the element. A leaf value flagged 0x01 is a bucket: root pgid u64 + sequence u64,
 and when the root is 0 the bucket's page follows inline in the value.
 
-Hostile input is expected: every offset is bounds-checked, page visits are capped
-and cycles rejected. Any inconsistency raises ``BboltError``.
+The file is read page by page (``pread``), and only the pages reachable from the meta
+page's root: memory follows the records, never the file's size (a file padded with
+gigabytes of zeros costs what its records cost). Hostile input is expected: every page
+id must lie inside the file, every offset inside its page, no page may be reached twice
+(which also rules out cycles), page spans and the depth of the walk are capped. Any
+inconsistency raises ``BboltError``.
 """
 
 from __future__ import annotations
 
-import mmap
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,11 +29,12 @@ BRANCH_ELEM = struct.Struct("<IIQ")
 LEAF_ELEM = struct.Struct("<IIII")
 BRANCH, LEAF, META_FLAG = 0x01, 0x02, 0x04
 BUCKET_LEAF = 0x01
-MAX_DEPTH = 16
+# Levels of the walk, branch pages and nested buckets together. A B+tree of a million
+# keys is 4-5 branch levels deep; BuildKit nests buckets 2-3 deep. The cap also keeps the
+# (recursive) walk far from Python's recursion limit.
+MAX_DEPTH = 64
 MAX_PAGES = 1_000_000
-
-
-Buf = bytes | mmap.mmap
+MAX_PAGE_SPAN = 64 * 1024 * 1024  # one page with its overflow pages
 
 
 class BboltError(ValueError):
@@ -50,6 +55,34 @@ def _fnv64a(data: bytes) -> int:
     return h
 
 
+class _Source:
+    """Bytes at an offset: from a buffer (tests, small files) or an fd (``pread``)."""
+
+    def __init__(self, data: bytes | None = None, fd: int | None = None) -> None:
+        self.data, self.fd = data, fd
+        if data is not None:
+            self.size = len(data)
+        else:
+            assert fd is not None
+            self.size = os.fstat(fd).st_size
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise BboltError(f"read of {size} bytes at {offset} is outside the file")
+        if self.data is not None:
+            return self.data[offset : offset + size]
+        assert self.fd is not None
+        chunks = []
+        while size > 0:
+            chunk = os.pread(self.fd, size, offset)
+            if not chunk:
+                raise BboltError("file shrank while read")
+            chunks.append(chunk)
+            offset += len(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+
 @dataclass(frozen=True)
 class _Meta:
     page_size: int
@@ -57,19 +90,18 @@ class _Meta:
     txid: int
 
 
-def _read_meta(data: Buf, offset: int) -> _Meta | None:
-    end = offset + PAGE_HEADER.size + META.size
-    if end > len(data):
+def _read_meta(src: _Source, offset: int) -> _Meta | None:
+    if offset + PAGE_HEADER.size + META.size > src.size:
         return None
-    _, flags, _, _ = PAGE_HEADER.unpack_from(data, offset)
+    raw = src.read(offset, PAGE_HEADER.size + META.size)
+    _, flags, _, _ = PAGE_HEADER.unpack_from(raw, 0)
     if not flags & META_FLAG:
         return None
-    fields = META.unpack_from(data, offset + PAGE_HEADER.size)
+    fields = META.unpack_from(raw, PAGE_HEADER.size)
     magic, version, page_size, _, root, _, _, _, txid, checksum = fields
     if magic != MAGIC or version != 2:
         return None
-    body = data[offset + PAGE_HEADER.size : end - 8]
-    if _fnv64a(body) != checksum:
+    if _fnv64a(raw[PAGE_HEADER.size : -8]) != checksum:
         return None
     if page_size < 512 or page_size > 1 << 20 or page_size & (page_size - 1):
         return None
@@ -77,93 +109,109 @@ def _read_meta(data: Buf, offset: int) -> _Meta | None:
 
 
 class _Reader:
-    def __init__(self, data: Buf) -> None:
-        self.data = data
-        first = _read_meta(data, 0)
+    def __init__(self, src: _Source) -> None:
+        self.src = src
+        first = _read_meta(src, 0)
         metas = [first] if first else []
         size = first.page_size if first else 4096
-        for candidate in {size, 4096, 8192, 16384, 65536}:
-            second = _read_meta(data, candidate)
+        for candidate in sorted({size, 4096, 8192, 16384, 65536}):
+            second = _read_meta(src, candidate)
             if second and second.page_size == candidate:
                 metas.append(second)
         if not metas:
             raise BboltError("no valid meta page")
         self.meta = max(metas, key=lambda m: m.txid)
-        self.visited = 0
+        self.pages = src.size // self.meta.page_size
+        self.seen: set[int] = set()
 
-    def _page(self, pgid: int) -> tuple[Buf, int]:
-        offset = pgid * self.meta.page_size
-        if pgid < 2 or offset + PAGE_HEADER.size > len(self.data):
+    def _page(self, pgid: int) -> bytes:
+        """A page with its overflow pages; each page id may be reached once only."""
+        size = self.meta.page_size
+        if pgid < 2 or pgid >= self.pages:
             raise BboltError(f"page {pgid} out of range")
-        self.visited += 1
-        if self.visited > MAX_PAGES:
+        if pgid in self.seen:
+            raise BboltError(f"page {pgid} reached twice (cycle or shared page)")
+        if len(self.seen) >= MAX_PAGES:
             raise BboltError("too many pages")
-        return self.data, offset
+        header = self.src.read(pgid * size, PAGE_HEADER.size)
+        _, _, _, overflow = PAGE_HEADER.unpack(header)
+        span = (overflow + 1) * size
+        if span > MAX_PAGE_SPAN or pgid + overflow >= self.pages:
+            raise BboltError(f"page {pgid} spans {overflow + 1} pages, past the limit or file")
+        self.seen.update(range(pgid, pgid + overflow + 1))
+        return self.src.read(pgid * size, span)
 
-    def bucket_at(self, pgid: int, depth: int, path: frozenset[int]) -> Bucket:
+    def bucket_at(self, pgid: int, depth: int) -> Bucket:
         bucket = Bucket()
-        self._walk(pgid, bucket, depth, path)
+        self._walk(pgid, bucket, depth)
         return bucket
 
-    def _walk(self, pgid: int, bucket: Bucket, depth: int, path: frozenset[int]) -> None:
-        if pgid in path:
-            raise BboltError(f"page cycle at {pgid}")
-        buf, offset = self._page(pgid)
-        self._walk_page(buf, offset, bucket, depth, path | {pgid})
+    def _walk(self, pgid: int, bucket: Bucket, depth: int) -> None:
+        self._walk_page(self._page(pgid), bucket, depth)
 
-    def _walk_page(
-        self, buf: Buf, offset: int, bucket: Bucket, depth: int, path: frozenset[int]
-    ) -> None:
+    def _walk_page(self, page: bytes, bucket: Bucket, depth: int) -> None:
         if depth > MAX_DEPTH:
-            raise BboltError("buckets nested too deep")
-        _, flags, count, _ = PAGE_HEADER.unpack_from(buf, offset)
-        elems = offset + PAGE_HEADER.size
+            raise BboltError("pages or buckets nested too deep")
+        _check(page, 0, PAGE_HEADER.size)
+        _, flags, count, _ = PAGE_HEADER.unpack_from(page, 0)
+        elems = PAGE_HEADER.size
         if flags & BRANCH:
+            children = []
             for i in range(count):
                 at = elems + i * BRANCH_ELEM.size
-                self._check(buf, at, BRANCH_ELEM.size)
-                _, _, child = BRANCH_ELEM.unpack_from(buf, at)
-                self._walk(child, bucket, depth, path)
+                _check(page, at, BRANCH_ELEM.size)
+                children.append(BRANCH_ELEM.unpack_from(page, at)[2])
+            for child in children:
+                self._walk(child, bucket, depth + 1)
         elif flags & LEAF:
-            for key, value, elem_flags in self._leaf_items(buf, elems, count):
+            for key, value, elem_flags in _leaf_items(page, elems, count):
                 if elem_flags & BUCKET_LEAF:
-                    bucket.buckets[key] = self._child_bucket(value, depth, path)
+                    bucket.buckets[key] = self._child_bucket(value, depth)
                 else:
                     bucket.values[key] = value
         else:
             raise BboltError(f"unexpected page flags {flags:#x}")
 
-    def _leaf_items(self, buf: Buf, elems: int, count: int) -> Iterator[tuple[bytes, bytes, int]]:
-        for i in range(count):
-            at = elems + i * LEAF_ELEM.size
-            self._check(buf, at, LEAF_ELEM.size)
-            elem_flags, pos, ksize, vsize = LEAF_ELEM.unpack_from(buf, at)
-            start = at + pos
-            self._check(buf, start, ksize + vsize)
-            yield buf[start : start + ksize], buf[start + ksize : start + ksize + vsize], elem_flags
-
-    def _child_bucket(self, value: bytes, depth: int, path: frozenset[int]) -> Bucket:
+    def _child_bucket(self, value: bytes, depth: int) -> Bucket:
         if len(value) < 16:
             raise BboltError("bucket header truncated")
         root, _ = struct.unpack_from("<QQ", value, 0)
         if root:
-            return self.bucket_at(root, depth + 1, path)
+            return self.bucket_at(root, depth + 1)
         child = Bucket()
-        inline = bytes(value[16:])
-        self._check(inline, 0, PAGE_HEADER.size)
-        self._walk_page(inline, 0, child, depth + 1, path)
+        self._walk_page(value[16:], child, depth + 1)
         return child
 
-    @staticmethod
-    def _check(buf: Buf, start: int, size: int) -> None:
-        if start < 0 or start + size > len(buf):
-            raise BboltError("element points outside its page")
+
+def _leaf_items(page: bytes, elems: int, count: int) -> Iterator[tuple[bytes, bytes, int]]:
+    for i in range(count):
+        at = elems + i * LEAF_ELEM.size
+        _check(page, at, LEAF_ELEM.size)
+        elem_flags, pos, ksize, vsize = LEAF_ELEM.unpack_from(page, at)
+        start = at + pos
+        _check(page, start, ksize + vsize)
+        yield page[start : start + ksize], page[start + ksize : start + ksize + vsize], elem_flags
 
 
-def parse(data: Buf) -> Bucket:
-    """Return the root bucket of a bbolt file held in ``data``."""
+def _check(page: bytes, start: int, size: int) -> None:
+    if start < 0 or start + size > len(page):
+        raise BboltError("element points outside its page")
+
+
+def _parse(src: _Source) -> Bucket:
     try:
-        reader = _Reader(data)
-        return reader.bucket_at(reader.meta.root, 0, frozenset())
+        reader = _Reader(src)
+        return reader.bucket_at(reader.meta.root, 0)
     except struct.error as exc:
         raise BboltError(f"truncated structure: {exc}") from exc
+
+
+def parse(data: bytes) -> Bucket:
+    """Return the root bucket of a bbolt file held in ``data``."""
+    return _parse(_Source(data=bytes(data)))
+
+
+def parse_fd(fd: int) -> Bucket:
+    """Return the root bucket of the bbolt file open as ``fd``, reading only the pages
+    reachable from its root. A read error is an ``OSError``; bad content a ``BboltError``."""
+    return _parse(_Source(fd=fd))

@@ -7,14 +7,18 @@ size. Hand-deleting those dirs breaks builds. Two readers, both kept:
   dir names, "chainid"/"parent" digests pin layers;
 - a safety net over every *.db: any 64-hex id that occurs in the bytes at all is kept,
   so a format we misread can only make us keep more.
+Both read through an fd in bounded pieces (bbolt by page, the safety net by 1 MiB chunk,
+skipping a sparse file's holes): memory never follows a file's size, and a file that
+shrinks while read is an error, not a SIGBUS as it would be through mmap.
 """
 
 from __future__ import annotations
 
-import mmap
+import errno
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,25 +41,61 @@ class BuildkitStore:
     findings: tuple[Finding, ...]
 
 
-def _map(path: Path) -> mmap.mmap | bytes:
+def _open(path: Path) -> int:
+    """An fd for a regular file, never through a symlink; the caller closes it."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UnreadableFile("not-a-file", "is not a regular file")
-        if st.st_size == 0:
-            return b""
-        return mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
-def _hex_ids(data: mmap.mmap | bytes) -> set[str]:
+# Bytes that can be part of a 64-hex run map to "h", the rest to ".": a chunk with no
+# run of 64 "h" is skipped at C speed (the regex is slow on long runs of anything).
+_HEX_MASK = bytes(ord("h") if chr(b) in "0123456789abcdef" else ord(".") for b in range(256))
+_HEX_WINDOW = b"h" * 64
+CHUNK = 1 << 20
+
+
+def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the parts of the file that hold data: holes of a sparse file
+    (zeros, so no id) are skipped without being read."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data past offset
+                return
+            yield offset, size  # no SEEK_DATA here: read everything
+            return
+        yield start, min(end, size)
+        offset = end
+
+
+def _hex_ids(fd: int) -> set[str]:
+    """Every 64-hex window of every hex run in the file, read in chunks: memory stays
+    at one chunk whatever the file's size."""
     ids: set[str] = set()
-    for match in HEX_RUN.finditer(data):
-        run = match.group(0).decode()
-        for start in range(len(run) - 63):
-            ids.add(run[start : start + 64])
+    size = os.fstat(fd).st_size
+    for start, end in _data_extents(fd, size):
+        tail = b""  # the last 63 bytes before this chunk: runs that cross a boundary
+        for offset in range(start, end, CHUNK):
+            chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+            if not chunk:
+                break
+            data = tail + chunk
+            tail = data[-63:]
+            if _HEX_WINDOW not in data.translate(_HEX_MASK):
+                continue
+            for match in HEX_RUN.finditer(data):
+                run = match.group(0).decode()
+                for at in range(len(run) - 63):
+                    ids.add(run[at : at + 64])
     return ids
 
 
@@ -95,19 +135,20 @@ def read_buildkit(root: Path) -> BuildkitStore:
             continue
         rel = BUILDKIT / entry.name
         try:
-            data = _map(root / rel)
+            fd = _open(root / rel)
         except (UnreadableFile, OSError) as exc:
             unreadable.append(str(rel))
             findings.append(Finding(str(rel), "unreadable", f"BuildKit records unreadable: {exc}"))
             continue
-        files.append(str(rel))
-        if not len(data):
-            findings.append(Finding(str(rel), "empty", "BuildKit records file is empty"))
         try:
-            hex_ids |= _hex_ids(data)
-            if entry.name == "snapshots.db" and len(data):
+            files.append(str(rel))
+            empty = os.fstat(fd).st_size == 0
+            if empty:
+                findings.append(Finding(str(rel), "empty", "BuildKit records file is empty"))
+            hex_ids |= _hex_ids(fd)
+            if entry.name == "snapshots.db" and not empty:
                 try:
-                    k, c = _snapshot_refs(bbolt.parse(data))
+                    k, c = _snapshot_refs(bbolt.parse_fd(fd))
                     keys |= k
                     chains |= c
                 except bbolt.BboltError as exc:
@@ -118,9 +159,11 @@ def read_buildkit(root: Path) -> BuildkitStore:
                             f"cannot parse ({exc}); every id named in it is kept",
                         )
                     )
+        except OSError as exc:
+            unreadable.append(str(rel))
+            findings.append(Finding(str(rel), "unreadable", f"BuildKit records unreadable: {exc}"))
         finally:
-            if isinstance(data, mmap.mmap):
-                data.close()
+            os.close(fd)
     return BuildkitStore(
         frozenset(keys),
         frozenset(chains),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, list_dir, read_text
+from dockergc.store.fsread import UnreadableFile, list_dir, parse_json, read_text
 from dockergc.store.ids import is_hex64
 
 
@@ -29,7 +29,7 @@ class ContainerStore:
 
 
 def _parse(cid: str, text: str) -> ContainerRecord:
-    doc = json.loads(text)
+    doc = parse_json(text)
     if not isinstance(doc, dict):
         raise ValueError("config is not a JSON object")
     state = doc.get("State") if isinstance(doc.get("State"), dict) else {}
@@ -71,9 +71,14 @@ def read_containers(root: Path) -> ContainerStore:
                     )
                 )
         except UnreadableFile as exc:
+            if exc.kind == "missing" and not os.path.lexists(root / rel):
+                # Removed since listed; a container is no root of the graph (its mount
+                # record is), so this is as if containers/ were listed a moment later.
+                findings.append(Finding(str(rel), "vanished", "container vanished while read"))
+                continue
             unreadable.append(entry.name)
             findings.append(Finding(str(rel / "config.v2.json"), exc.kind, f"container {exc}"))
-        except (ValueError, json.JSONDecodeError) as exc:
+        except ValueError as exc:
             unreadable.append(entry.name)
             findings.append(
                 Finding(

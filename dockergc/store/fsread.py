@@ -6,6 +6,7 @@ with O_NOFOLLOW, insist on a regular file, and cap its size before reading.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -105,3 +106,13 @@ def list_dir(path: Path) -> list[os.DirEntry[str]]:
             return sorted(it, key=lambda e: e.name)
     except OSError as exc:
         raise UnreadableFile("unreadable", f"cannot list: {exc.strerror}") from exc
+
+
+def parse_json(data: bytes | str) -> object:
+    """``json.loads``, with nesting too deep for Python's parser (valid JSON that Docker,
+    written in Go, accepts up to 10,000 levels) a ``ValueError`` like any other bad input,
+    not a ``RecursionError`` that would end the whole run."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deep to parse") from None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, list_dir, read_bytes, read_text
+from dockergc.store.fsread import UnreadableFile, list_dir, parse_json, read_bytes, read_text
 from dockergc.store.ids import chain_ids, is_digest, is_hex64
 
 IMAGE_DIR = Path("image/overlay2")
@@ -36,13 +36,14 @@ def read_tags(root: Path) -> tuple[dict[str, str], list[Finding]]:
     """Parse repositories.json into reference -> image id; a bad file is a finding."""
     rel = IMAGE_DIR / "repositories.json"
     try:
-        doc = json.loads(read_text(root / rel))
+        doc = parse_json(read_text(root / rel))
     except UnreadableFile as exc:
         if exc.kind == "missing":
             return {}, []
         return {}, [Finding(str(rel), exc.kind, f"tags file {exc}")]
-    except json.JSONDecodeError as exc:
-        return {}, [Finding(str(rel), "bad-json", f"tags file is not JSON: {exc.msg}")]
+    except ValueError as exc:
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return {}, [Finding(str(rel), "bad-json", f"tags file is not JSON: {why}")]
     repos = doc.get("Repositories") if isinstance(doc, dict) else None
     if not isinstance(repos, dict):
         return {}, [Finding(str(rel), "bad-format", "tags file has no Repositories object")]
@@ -63,7 +64,7 @@ def read_tags(root: Path) -> tuple[dict[str, str], list[Finding]]:
 
 
 def _parse_config(data: bytes) -> tuple[str, ...]:
-    doc = json.loads(data)
+    doc = parse_json(data)
     if not isinstance(doc, dict):
         raise ValueError("config is not a JSON object")
     rootfs = doc.get("rootfs")
@@ -134,7 +135,7 @@ def read_images(root: Path) -> ImageStore:
                 parent=parent,
             )
         )
-    known = {img.id for img in images}
+    known = {img.id for img in images} | {"sha256:" + p.rsplit("/", 1)[-1] for p in unreadable}
     for ref, image_id in tags.items():
         if image_id not in known:
             findings.append(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, list_dir, open_dir, read_text
+from dockergc.store.fsread import DIR_FLAGS, UnreadableFile, list_dir, open_dir, read_text
 from dockergc.store.ids import is_digest, is_hex64
 
 LAYERDB = Path("image/overlay2/layerdb")
@@ -69,7 +69,15 @@ class _RecordDir:
     def __init__(self, parent_fd: int | None, parent_rel: str, name: str, findings: list[Finding]):
         self.rel = f"{parent_rel}/{name}"
         self.findings = findings
-        self.fd = None if parent_fd is None else open_dir(name, dir_fd=parent_fd)
+        self.fd: int | None = None
+        self.vanished = False  # removed between the listing and this read
+        if parent_fd is not None:
+            try:
+                self.fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+            except FileNotFoundError:
+                self.vanished = True
+            except OSError:
+                pass
 
     def __enter__(self) -> _RecordDir:
         return self
@@ -92,6 +100,12 @@ class _RecordDir:
     def bad(self, name: str, message: str) -> None:
         self.findings.append(Finding(f"{self.rel}/{name}", "bad-format", message))
 
+    def unusable(self, kind: str, message: str) -> None:
+        """The record as a whole cannot be used: say why (a vanished one says so)."""
+        if self.vanished:
+            kind, message = "vanished", "vanished while read (being removed?)"
+        self.findings.append(Finding(self.rel, kind, message))
+
 
 def _read_layer(
     dfd: int | None, name: str, findings: list[Finding], detail: bool
@@ -99,9 +113,7 @@ def _read_layer(
     with _RecordDir(dfd, LAYERS_REL, name, findings) as d:
         cache_id = d.text("cache-id")
         if not cache_id or CACHE_ID.fullmatch(cache_id) is None:
-            findings.append(
-                Finding(d.rel, "bad-layer", "layer has no usable cache-id; the daemon skips it")
-            )
+            d.unusable("bad-layer", "layer has no usable cache-id; the daemon skips it")
             return None
         if not detail:
             return LayerRecord("sha256:" + name, cache_id, None, None, None)
@@ -126,7 +138,7 @@ def _read_mount(dfd: int | None, name: str, findings: list[Finding]) -> MountRec
     with _RecordDir(dfd, MOUNTS_REL, name, findings) as d:
         mount_id = d.text("mount-id")
         if not mount_id or MOUNT_ID.fullmatch(mount_id) is None:
-            findings.append(Finding(d.rel, "bad-mount", "mount record has no usable mount-id"))
+            d.unusable("bad-mount", "mount record has no usable mount-id")
             return None
         init_id, parent = d.text("init-id"), d.text("parent")
         if init_id is not None and MOUNT_ID.fullmatch(init_id) is None:

@@ -5,6 +5,7 @@ Only metadata is read; a layer's diff/ is never walked here.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 from sys import intern
 
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, list_dir, open_dir, read_text
+from dockergc.store.fsread import DIR_FLAGS, UnreadableFile, list_dir, open_dir, read_text
 
 OVERLAY = Path("overlay2")
 SHORT_LINK = re.compile(r"[A-Z2-7]{26}")
@@ -140,13 +141,18 @@ def _exists(name: str, dfd: int) -> bool:
         return False
 
 
-def _read_dir(ofd: int, name: str, findings: list[Finding], lowers: _Lowers) -> OverlayDir:
+def _read_dir(ofd: int, name: str, findings: list[Finding], lowers: _Lowers) -> OverlayDir | None:
     """One layer dir's link and lower, read through its own fd (never through a symlink).
-    Nothing else is touched: at 50k dirs every syscall per dir costs ~0.1 s."""
+    Nothing else is touched: at 50k dirs every syscall per dir costs ~0.1 s.
+    None: the dir vanished since overlay2/ was listed (as if listed a moment later)."""
     rel = f"{OVERLAY}/{name}"
-    dfd = open_dir(name, dir_fd=ofd)
-    if dfd is None:
-        findings.append(Finding(rel, "unreadable", "layer dir cannot be opened"))
+    try:
+        dfd = os.open(name, DIR_FLAGS, dir_fd=ofd)
+    except FileNotFoundError:
+        findings.append(Finding(rel, "vanished", "layer dir vanished while read; skipped"))
+        return None
+    except OSError as exc:
+        findings.append(Finding(rel, "unreadable", f"layer dir cannot be opened: {exc.strerror}"))
         return OverlayDir(name, None, (), False)
     try:
         link = _read_link(dfd, f"{rel}/link", findings, LAYER_NAME.fullmatch(name) is not None)
@@ -176,14 +182,33 @@ def read_short_links(root: Path) -> LinksPart:
             if ofd is not None and _exists("l", ofd):
                 findings.append(Finding(f"{OVERLAY}/l", "not-a-dir", "link dir is not a real dir"))
             return LinksPart((), tuple(findings))
-        with os.scandir(lfd) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        try:
+            with os.scandir(lfd) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            findings.append(Finding(f"{OVERLAY}/l", "unreadable", f"cannot list: {exc.strerror}"))
+            return LinksPart((), tuple(findings))
         for entry in entries:
             rel = f"{OVERLAY}/l/{entry.name}"
             if not entry.is_symlink() or SHORT_LINK.fullmatch(entry.name) is None:
                 findings.append(Finding(rel, "unknown-entry", "not a short link; kept"))
                 continue
-            target = os.readlink(entry.name, dir_fd=lfd)
+            try:
+                target = os.readlink(entry.name, dir_fd=lfd)
+            except OSError as exc:
+                # Removed (or replaced by a non-link) between listing and reading: the
+                # daemon's own removal order is l/<short> first, then the dir.
+                gone = exc.errno == errno.ENOENT
+                findings.append(
+                    Finding(
+                        rel,
+                        "vanished" if gone else "unreadable",
+                        "vanished while read; skipped"
+                        if gone
+                        else f"cannot read link: {exc.strerror}; kept",
+                    )
+                )
+                continue
             match = LINK_TARGET.fullmatch(target)
             bad = not match or match.group(1) in (".", "..", "l")
             target_dir = None if bad or match is None else match.group(1)
@@ -214,7 +239,7 @@ def list_overlay(root: Path) -> tuple[list[str], DirsPart]:
             continue
         if entry.is_dir(follow_symlinks=False):
             names.append(entry.name)
-        else:
+        elif os.path.lexists(entry.path):  # else it vanished since listed: nothing to say
             findings.append(Finding(f"{OVERLAY}/{entry.name}", "unknown-entry", "not a dir; kept"))
     return names, DirsPart((), tuple(findings), dev)
 
@@ -227,7 +252,8 @@ def read_overlay_dirs(root: Path, names: list[str]) -> DirsPart:
         return DirsPart((), (), None)
     try:
         lowers = _Lowers()
-        dirs = tuple(_read_dir(ofd, name, findings, lowers) for name in names)
+        read = (_read_dir(ofd, name, findings, lowers) for name in names)
+        dirs = tuple(d for d in read if d is not None)
     finally:
         os.close(ofd)
     return DirsPart(dirs, tuple(findings), None)

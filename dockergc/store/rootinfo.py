@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.errors import RefusedError, RootError, UsageError
+from dockergc.store.fsread import parse_json
 
 DEFAULT_ROOT = Path("/var/lib/docker")
 DEFAULT_CONFIG = Path("/etc/docker/daemon.json")
@@ -75,9 +76,10 @@ def read_daemon_config(path: Path) -> DaemonConfig | None:
     except OSError as exc:
         raise UsageError(f"daemon config {path} cannot be read: {exc.strerror}") from exc
     try:
-        doc = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"daemon config {path} is not valid JSON: {exc.msg}") from exc
+        doc = parse_json(text) if text.strip() else {}
+    except ValueError as exc:
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise UsageError(f"daemon config {path} is not valid JSON: {why}") from exc
     if not isinstance(doc, dict):
         raise UsageError(f"daemon config {path} is not a JSON object")
     root = doc.get("data-root") or doc.get("graph")
