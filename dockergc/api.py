@@ -102,15 +102,20 @@ def inventory(snap: Snapshot, graph: Graph) -> dict[str, Any]:
 
 
 def refuse_if_daemon(root: Path, live: bool) -> None:
-    """Refuse to change a root a running dockerd/containerd uses, unless ``live``."""
+    """Refuse to change a root a running dockerd/containerd uses, unless ``live``: the one
+    gate of every command that changes disk (gc, apply, apply --resume, rollback, purge).
+    The root is matched by (st_dev, st_ino) in each daemon's own mount namespace, so bind
+    mounts, symlinks and relative paths are seen through (dockergc.host.detect)."""
     from dockergc.daemon import daemons_using
     from dockergc.errors import RefusedError
 
+    if live:
+        return
     users = daemons_using(root)
-    if users and not live:
-        who = ", ".join(f"{d.name} (pid {d.pid})" for d in users)
+    if users:
+        who = "; ".join(d.describe() for d in users)
         raise RefusedError(
-            f"refusing to change {root}: {who} is using it",
+            f"refusing to change {root}: {who}",
             hint="stop the daemon first, or pass --live (the nightly timer's mode: long "
             "grace period, every step re-checked against a fresh graph and every mount)",
         )

@@ -70,20 +70,24 @@ class Engine:
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self, timeout: float = 60) -> None:
+        self.start_containerd(timeout)
+        dlog = open(self.base / "dockerd.log", "ab")  # noqa: SIM115
+        self.dockerd = subprocess.Popen(self.dockerd_args(), stdout=dlog, stderr=dlog)
+        self._wait(self._answers, timeout, "dockerd")
+
+    def start_containerd(self, timeout: float = 60, root: Path | None = None) -> None:
+        """containerd alone, rooted in ``root`` (default: under our base dir)."""
         self.ctd_dir.mkdir(parents=True, exist_ok=True)
         toml = self.ctd_dir / "config.toml"
         toml.write_text(
             "version = 2\n"
-            f'root = "{self.ctd_dir}/root"\nstate = "{self.ctd_dir}/state"\n'
+            f'root = "{root or self.ctd_dir / "root"}"\nstate = "{self.ctd_dir}/state"\n'
             f'[grpc]\n  address = "{self.ctd_sock}"\n'
             '[plugins."io.containerd.grpc.v1.cri"]\n  disable_tcp_service = true\n'
         )
         log = open(self.base / "containerd.log", "ab")  # noqa: SIM115
         self.ctd = subprocess.Popen(["containerd", "--config", str(toml)], stdout=log, stderr=log)
         self._wait(lambda: self.ctd_sock.exists(), timeout, "containerd socket")
-        dlog = open(self.base / "dockerd.log", "ab")  # noqa: SIM115
-        self.dockerd = subprocess.Popen(self.dockerd_args(), stdout=dlog, stderr=dlog)
-        self._wait(self._answers, timeout, "dockerd")
 
     def dockerd_args(self) -> list[str]:
         root = [] if self.root_in_config else ["--data-root", str(self.root)]

@@ -1,0 +1,254 @@
+"""Offline commands refuse a root a real dockerd uses, however it reaches that root.
+
+Each case starts one real dockerd (or containerd) on the root one way, against a
+containerd shared by the module, puts a leftover layer dir in the root, and runs the
+command: it must exit 3 naming the process (pid) and leave the root as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.engine import Engine
+
+pytestmark = pytest.mark.engine
+
+ORPHAN = "ab" * 32
+DOCKERD = "/usr/sbin/dockerd"
+
+
+@dataclass
+class Case:
+    """One dockerd's launch: argv, cwd, and the root dockergc is pointed at."""
+
+    engine: Engine  # paths under the case's base dir; its dockerd is the one started
+    argv: list[str] = field(default_factory=list)
+    cwd: Path | None = None
+    gc_root: Path | None = None
+    name: str = "dockerd"  # what the refusal must call the process
+
+    @property
+    def base(self) -> Path:
+        return self.engine.base
+
+    @property
+    def root(self) -> Path:
+        return self.engine.root
+
+    def flags(self, config: dict[str, str] | str | None = None) -> list[str]:
+        """dockerd's minimal flags; ``config``: daemon.json contents, or a path to pass."""
+        e = self.engine
+        if not isinstance(config, str):
+            e.config.write_text(json.dumps(config or {}))
+        return [
+            f"--containerd={e.ctd_sock}",
+            *("--exec-root", str(e.exec_root), "--pidfile", str(e.pidfile)),
+            *(
+                "-H",
+                f"unix://{e.sock}",
+                "--config-file",
+                config if isinstance(config, str) else str(e.config),
+            ),
+            *("--iptables=false", "--ip-masq=false", "--bridge=none"),
+        ]
+
+    def alias(self) -> Path:
+        """A bind mount of the root, in our mount namespace."""
+        alias = self.base / "alias"
+        alias.mkdir()
+        self.root.mkdir(exist_ok=True)
+        subprocess.run(["mount", "--bind", str(self.root), str(alias)], check=True)
+        return alias
+
+
+def data_root(c: Case) -> None:
+    c.argv = [DOCKERD, "--data-root", str(c.root), *c.flags()]
+
+
+def legacy_g(c: Case) -> None:
+    c.argv = [DOCKERD, "-g", str(c.root), *c.flags()]
+
+
+def json_data_root(c: Case) -> None:
+    c.argv = [DOCKERD, *c.flags({"data-root": str(c.root)})]
+
+
+def json_graph(c: Case) -> None:
+    c.argv = [DOCKERD, *c.flags({"graph": str(c.root)})]
+
+
+def symlinked(c: Case) -> None:
+    c.root.mkdir()
+    (c.base / "link").symlink_to(c.root)
+    c.argv = [DOCKERD, "--data-root", str(c.base / "link"), *c.flags()]
+
+
+def data_root_equals(c: Case) -> None:
+    # (A relative --data-root is not one of the ways: dockerd 20.10 hangs at start with one.)
+    c.argv = [DOCKERD, f"--data-root={c.root}", *c.flags()]
+
+
+def containerd_inside(c: Case) -> None:
+    """dockerd's managed containerd keeps its root in R/containerd/daemon; here it runs
+    alone (no dockerd), on a root laid out the way dockerd leaves it."""
+    for d in ("image/overlay2/imagedb", "image/overlay2/layerdb", "overlay2/l"):
+        (c.root / d).mkdir(parents=True)
+    c.name = "containerd"
+
+
+def bind_alias_daemon_side(c: Case) -> None:
+    c.argv = [DOCKERD, "--data-root", str(c.alias()), *c.flags()]
+
+
+def bind_alias_dockergc_side(c: Case) -> None:
+    c.argv, c.gc_root = [DOCKERD, "--data-root", str(c.root), *c.flags()], c.alias()
+
+
+def json_alias(c: Case) -> None:
+    c.argv = [DOCKERD, *c.flags({"data-root": str(c.alias())})]
+
+
+def relative_config_file(c: Case) -> None:
+    (c.base / "rel.json").write_text(json.dumps({"data-root": str(c.root)}))
+    c.argv, c.cwd = [DOCKERD, *c.flags("rel.json")], c.base
+
+
+def private_namespace(c: Case) -> None:
+    """The root is bind-mounted at B only inside dockerd's own mount namespace."""
+    inner = c.base / "ns"
+    inner.mkdir()
+    c.root.mkdir(exist_ok=True)
+    cmd = shlex.join(["mount", "--bind", str(c.root), str(inner)])
+    cmd += " && exec " + shlex.join([DOCKERD, "--data-root", str(inner), *c.flags()])
+    c.argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", cmd]
+
+
+def renamed(name: str) -> Callable[[Case], None]:
+    def launch(c: Case) -> None:
+        shutil.copy2(DOCKERD, c.base / name)
+        c.argv, c.name = [str(c.base / name), "--data-root", str(c.root), *c.flags()], name
+
+    return launch
+
+
+# id, the way, whether HEAD (path strings, names dockerd/containerd only) refused it.
+WAYS = [
+    ("data-root", data_root, True),
+    ("legacy-g", legacy_g, True),
+    ("daemon-json-data-root", json_data_root, True),
+    ("daemon-json-graph", json_graph, True),
+    ("symlinked-data-root", symlinked, True),
+    ("data-root-equals", data_root_equals, True),
+    ("containerd-root-inside", containerd_inside, True),
+    ("bind-alias-daemon-side", bind_alias_daemon_side, False),
+    ("bind-alias-dockergc-side", bind_alias_dockergc_side, False),
+    ("daemon-json-alias", json_alias, False),
+    ("relative-config-file", relative_config_file, False),
+    ("private-mount-namespace", private_namespace, False),
+    ("renamed-dockerd-ce", renamed("dockerd-ce"), False),
+    ("renamed-anything", renamed("storaged"), False),  # the same way: found by open files
+]
+
+
+@pytest.fixture(scope="module")
+def containerd() -> Iterator[Engine]:
+    shared = Engine()
+    try:
+        shared.start_containerd()
+        yield shared
+    finally:
+        shared.destroy()
+
+
+@pytest.fixture
+def case(containerd: Engine) -> Iterator[Case]:
+    e = Engine()
+    e.ctd_sock = containerd.ctd_sock
+    try:
+        yield Case(e)
+    finally:
+        e.destroy()
+
+
+def start(c: Case) -> int:
+    """Start the case's daemon; its pid."""
+    e = c.engine
+    if not c.argv:  # containerd alone, rooted inside the data root
+        e.ctd_dir, e.ctd_sock = e.base / "ctd2", e.base / "ctd2" / "c.sock"
+        e.start_containerd(root=c.root / "containerd" / "daemon")
+        assert e.ctd is not None
+        return e.ctd.pid
+    log = open(e.base / "dockerd.log", "ab")  # noqa: SIM115
+    e.dockerd = subprocess.Popen(c.argv, cwd=c.cwd, stdout=log, stderr=log)
+    e._wait(e._answers, 60, "dockerd")
+    return e.dockerd.pid
+
+
+def leftover(root: Path) -> Path:
+    """A layer dir nothing references, as a crash mid-pull leaves it."""
+    d = root / "overlay2" / ORPHAN
+    (d / "diff").mkdir(parents=True)
+    (d / "diff" / "f").write_text("x" * 4096)
+    (d / "link").write_text("Q" * 26)
+    return d
+
+
+def state(root: Path) -> tuple[list[str], bool]:
+    return sorted(p.name for p in (root / "overlay2").iterdir()), (root / ".dockergc").exists()
+
+
+def refused(c: Case, pid: int, *args: str) -> None:
+    before = state(c.root)
+    out = run_cli(*args, check=None)
+    assert out.returncode == 3, f"{args[0]} exited {out.returncode}:\n{out.stdout}{out.stderr}"
+    assert f"{c.name} (pid {pid}" in out.stderr and "--live" in out.stderr, out.stderr
+    assert state(c.root) == before
+
+
+@pytest.mark.parametrize(("way", "head_refused"), [pytest.param(w, h, id=i) for i, w, h in WAYS])
+def test_gc_refuses_a_root_a_daemon_uses(
+    case: Case, way: Callable[[Case], None], head_refused: bool
+) -> None:
+    way(case)
+    pid = start(case)
+    leftover(case.root)
+    root = case.gc_root or case.root
+    refused(case, pid, "gc", "--root", str(root), "--config-file", "/x", "--min-age", "0", "--yes")
+    assert (case.root / "overlay2" / ORPHAN / "diff" / "f").exists()
+
+
+def test_every_changing_command_refuses_through_a_private_namespace(case: Case) -> None:
+    """apply, apply --resume, rollback, purge and gc, against a daemon only its own mount
+    namespace shows on the root; each made on a root first gc'd while no daemon ran."""
+    data_root(case)
+    case.engine.dockerd = subprocess.Popen(case.argv, stdout=subprocess.DEVNULL)
+    case.engine._wait(case.engine._answers, 60, "dockerd")
+    case.engine.stop()
+    on = ("--root", str(case.root), "--config-file", "/x")
+    leftover(case.root)
+    run_id = json.loads(run_cli("gc", *on, "--min-age", "0", "--yes", "--json").stdout)["run_id"]
+    leftover(case.root)
+    plan = case.base / "plan.json"
+    run_cli("plan", *on, "--min-age", "0", "--out", str(plan))
+    shutil.rmtree(case.base / "ns", ignore_errors=True)
+    private_namespace(case)
+    pid = start(case)
+    refused(case, pid, "apply", str(plan), "--yes")
+    refused(case, pid, "apply", "--resume", run_id, *on, "--yes")
+    refused(case, pid, "rollback", run_id, *on, "--yes")
+    refused(case, pid, "purge", "--run", run_id, *on, "--yes")
+    refused(case, pid, "gc", *on, "--min-age", "0", "--yes")
+    runs = json.loads(run_cli("runs", *on, "--json").stdout)["runs"]
+    assert [r["state"] for r in runs] == ["applied"]
+    run_cli("purge", "--run", run_id, *on, "--live", "--yes")  # --live is the way in
+    runs = json.loads(run_cli("runs", *on, "--json").stdout)["runs"]
+    assert [r["state"] for r in runs] == ["purged"]
