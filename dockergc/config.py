@@ -95,3 +95,30 @@ def percent(value: Any, what: str) -> float | None:
     if not 0 < pct <= 100:
         raise UsageError(f"{what} {value!r} must be between 0 and 100%")
     return pct
+
+
+def watermarks(high: Setting, low: Setting) -> tuple[float | None, float | None]:
+    """gc's (high, low) disk marks in percent; the low mark defaults to the high one.
+
+    A low mark alone would purge quarantine right after every run whatever the disk
+    usage, ignoring retention (nothing could be rolled back), and a low mark above the
+    high one makes no sense: both are usage errors, however the marks were given."""
+    hi, lo = percent(high.value, _named(high)), percent(low.value, _named(low))
+    if lo is not None and hi is None:
+        raise UsageError(
+            f"{_named(low)} needs a high watermark too (--high-watermark, or high_watermark "
+            "in the config file): alone it would purge quarantine after every run, "
+            "ignoring retention"
+        )
+    if lo is not None and hi is not None and lo > hi:
+        raise UsageError(
+            f"{_named(low)} ({lo:g}%) is above {_named(high)} ({hi:g}%); "
+            "the low mark must not exceed the high one"
+        )
+    return hi, hi if lo is None else lo
+
+
+def _named(setting: Setting) -> str:
+    """How the user gave a setting: its flag, or its key in the file it came from."""
+    flag = "--" + setting.key.replace("_", "-")
+    return flag if setting.source == flag else f"{setting.key} in {setting.source}"

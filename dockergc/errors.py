@@ -42,3 +42,14 @@ class RefusedError(DockerGCError):
 
 class PlanFileError(UsageError):
     """A saved plan file is missing, unreadable or not a dockergc plan."""
+
+
+class Interrupted(DockerGCError):
+    """Ctrl-C or SIGTERM stopped a run after its current step; the journal says where.
+
+    Exits 128 + the signal number, as a shell reports a process a signal ended:
+    130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

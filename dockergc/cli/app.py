@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -131,3 +132,25 @@ def confirm(question: str, yes: bool) -> None:
         raise RefusedError("refusing to change anything without --yes (stdin is not a terminal)")
     if not typer.confirm(question, default=False):
         raise RefusedError("nothing changed: not confirmed")
+
+
+def say(text: str, err: bool = False) -> None:
+    """Print a line. A reader that went away (``dockergc gc | head -1``) silences the
+    rest of the output and never stops the work: output goes to /dev/null from then on."""
+    try:
+        typer.echo(text, err=err)
+    except BrokenPipeError:
+        silence(sys.stderr if err else sys.stdout)
+
+
+def silence(stream: object) -> None:
+    """Point ``stream``'s fd at /dev/null (so flushing it at exit cannot fail either)."""
+    try:
+        fileno = stream.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fileno)
+    finally:
+        os.close(null)

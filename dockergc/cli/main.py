@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
 from dockergc.cli import prune_cmds, relocate_cmds, report_cmds, run_cmds  # noqa: F401
-from dockergc.cli.app import _state, app
+from dockergc.cli.app import _state, app, say
 from dockergc.errors import EXIT_ERROR, EXIT_OK, DockerGCError
 from dockergc.measure import raise_fd_limit
 
@@ -23,17 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     except DockerGCError as exc:
         if _state["debug"]:
             raise
-        typer.echo(f"dockergc: {exc}", err=True)
+        say(f"dockergc: {exc}", err=True)
         if exc.hint:
-            typer.echo(f"hint: {exc.hint}", err=True)
+            say(f"hint: {exc.hint}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        typer.echo("dockergc: interrupted", err=True)
+    except KeyboardInterrupt:  # before a run began or after it ended: nothing half-done
+        say("dockergc: interrupted", err=True)
         return 130
     except Exception as exc:  # the last resort: one line, never a traceback by default
         if _state["debug"]:
             raise
-        typer.echo(
+        say(
             f"dockergc: internal error: {type(exc).__name__}: {exc} "
             "(run with --debug for the traceback)",
             err=True,

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json as jsonlib
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
 from dockergc import api
 from dockergc.cli.app import (
+    LIVE_FLOOR_SECONDS,
     ConfigOpt,
     ExcludeOpt,
     JsonOpt,
@@ -23,13 +28,14 @@ from dockergc.cli.app import (
     app,
     confirm,
     policy_from_flags,
+    say,
     settings,
     target_from,
 )
 from dockergc.cli.output import write_atomic
-from dockergc.config import percent
+from dockergc.config import watermarks
 from dockergc.durations import parse_duration
-from dockergc.errors import PlanFileError
+from dockergc.errors import Interrupted, PlanFileError, UsageError
 from dockergc.execute import runner
 from dockergc.execute.journal import RunView, list_runs, load
 from dockergc.lock import exclusive
@@ -39,13 +45,48 @@ from dockergc.render.prometheus import render_metrics
 from dockergc.render.runs import run_summary, run_to_dict, runs_table
 from dockergc.render.table import TableRenderer
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Signalled(BaseException):
+    """SIGINT/SIGTERM outside a run's steps. A BaseException, so that no ``except
+    Exception`` on the way (a reader reporting a bad file) can take it for something else,
+    and not KeyboardInterrupt, which typer turns into 'Aborted!' and exit 1."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _signals_stop(command: Callable[P, R]) -> Callable[P, R]:
+    """Ctrl-C or SIGTERM while a command plans, locks or reports stops it at once, with
+    the exit codes of an interrupted run (130, 143): nothing is half-done there. Inside a
+    run the runner installs its own handler, which finishes the current step first."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Signalled(signum)
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return command(*args, **kwargs)
+        except _Signalled as exc:
+            raise Interrupted("interrupted", exc.signum) from None
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    return wrapper
+
 
 def _progress(json: bool) -> runner.Progress:
     """Per-step lines on stderr; on a terminal, a Rich progress bar fed by the same lines."""
     if json:
         return lambda _: None
-    if not sys.stderr.isatty():
-        return lambda line: typer.echo(line, err=True)
+    if not sys.stderr.isatty():  # a closed pipe silences the lines, never stops a step
+        return lambda line: say(line, err=True)
     from rich.console import Console
     from rich.progress import Progress
 
@@ -67,7 +108,27 @@ def _progress(json: bool) -> runner.Progress:
 
 
 def _show(view: RunView, json: bool) -> None:
-    typer.echo(dumps(run_to_dict(view)) if json else run_summary(view))
+    say(dumps(run_to_dict(view)) if json else run_summary(view))
+
+
+def _stopped(view: RunView, root: Path) -> Interrupted:
+    """The one line for a run a signal stopped, and its exit code (128 + signal)."""
+    signum = signal.Signals[view.signal].value if view.signal else signal.SIGINT.value
+    handled = len(view.steps) + len(view.skipped)
+    return Interrupted(
+        f"interrupted after {handled} of {view.total}; resume with: "
+        f"{runner.resume_hint(root, view)}",
+        signum,
+    )
+
+
+def _finish(view: RunView, root: Path, json: bool) -> None:
+    """Show a run's outcome; a run a signal stopped is also one line and exit 130/143."""
+    if view.state == "interrupted":
+        if json:
+            _show(view, json)
+        raise _stopped(view, root)
+    _show(view, json)
 
 
 def _load_plan(path: Path) -> Plan:
@@ -94,6 +155,7 @@ def _execute(
 
 
 @app.command()
+@_signals_stop
 def apply(
     plan_file: Annotated[Path | None, typer.Argument(help="A plan saved by 'plan --out'.")] = None,
     root: RootOpt = None,
@@ -109,16 +171,22 @@ def apply(
     if (plan_file is None) == (resume is None):
         raise PlanFileError("give a PLAN file, or --resume RUN_ID")
     plan = _load_plan(plan_file) if plan_file else None
+    if live and plan and plan.min_age_seconds < LIVE_FLOOR_SECONDS:
+        raise UsageError(
+            f"--live needs a plan made with --min-age of at least 1h; {plan_file} was made "
+            f"with {plan.min_age_seconds:g}s: plan it again with --min-age 1h or more"
+        )
     target = target_from(root or (Path(plan.root) if plan else None), config_file)
     if plan and not json and not yes:
-        typer.echo(TableRenderer().render(plan).rstrip("\n"))
+        say(TableRenderer().render(plan).rstrip("\n"))
     api.refuse_if_daemon(target.root.path, live)
     confirm("Move these into quarantine?" if plan else f"Resume run {resume}?", yes)
     view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, resume)
-    _show(view, json)
+    _finish(view, target.root.path, json)
 
 
 @app.command()
+@_signals_stop
 def gc(
     root: RootOpt = None,
     config_file: ConfigOpt = None,
@@ -148,12 +216,11 @@ def gc(
     started = time.time()
     metrics_file = _metrics_path(metrics_file)
     marks = settings(high_watermark=high_watermark, low_watermark=low_watermark)
-    high = percent(marks["high_watermark"].value, "--high-watermark")
-    low = percent(marks["low_watermark"].value, "--low-watermark") or high
+    high, low = watermarks(marks["high_watermark"], marks["low_watermark"])
     policy = policy_from_flags(min_age, exclude, live)
     target = target_from(root, config_file)
     if target.root.path != target.root.given:
-        typer.echo(f"note: data root {target.root.given} resolves to {target.root.path}", err=True)
+        say(f"note: data root {target.root.given} resolves to {target.root.path}", err=True)
     if not dry_run:  # refuse before the work of planning, and again under the lock
         api.refuse_if_daemon(target.root.path, live)
         api.refuse_if_unwritable(target.root.path)
@@ -161,7 +228,7 @@ def gc(
         used = api.disk_used_percent(target.root.path)
         if used < high:
             msg = f"disk {used:.1f}% full, below the high watermark {high:g}%: nothing to do"
-            typer.echo(
+            say(
                 dumps(
                     {
                         "run_id": None,
@@ -177,13 +244,13 @@ def gc(
             return
     _, _, plan = api.plan_root(target.root.path, policy)
     if dry_run:
-        typer.echo(dumps(plan.to_dict()) if json else TableRenderer().render(plan).rstrip("\n"))
+        say(dumps(plan.to_dict()) if json else TableRenderer().render(plan).rstrip("\n"))
         _write_metrics(metrics_file, plan, None, started, "planned")
         return
     if not plan.actions:
         _write_metrics(metrics_file, plan, None, started, "nothing-to-do")
         if json:
-            typer.echo(
+            say(
                 dumps(
                     {
                         "run_id": None,
@@ -195,23 +262,30 @@ def gc(
                 )
             )
         else:
-            typer.echo(TableRenderer().render(plan).rstrip("\n"))
+            say(TableRenderer().render(plan).rstrip("\n"))
         return
     if not json and not yes:
-        typer.echo(TableRenderer().render(plan).rstrip("\n"))
+        say(TableRenderer().render(plan).rstrip("\n"))
     confirm("Move these into quarantine?", yes)
     view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, None)
-    if low is not None:
+    if low is not None and view.state == "applied":
         with exclusive(target.root.path):
-            runner.purge_until(
+            purged = runner.purge_until(
                 target.root.path,
                 low,
                 api.disk_used_percent,
                 runner.Options(progress=_progress(json)),
             )
         view = load(target.root.path, view.run_id)
+        if any(v.signal for v in purged):
+            _write_metrics(metrics_file, plan, view, started, "interrupted")
+            raise Interrupted(
+                "interrupted while purging quarantine under disk pressure; the run is "
+                f"{view.state}",
+                signal.Signals[next(v.signal for v in purged if v.signal)].value,
+            )
     _write_metrics(metrics_file, plan, view, started, view.state)
-    _show(view, json)
+    _finish(view, target.root.path, json)
 
 
 def _metrics_path(flag: Path | None) -> Path | None:
@@ -235,12 +309,13 @@ def runs(root: RootOpt = None, config_file: ConfigOpt = None, json: JsonOpt = Fa
         key=lambda v: (v.created, v.run_id),
     )
     if json:
-        typer.echo(dumps({"runs": [run_to_dict(v) for v in views]}))
+        say(dumps({"runs": [run_to_dict(v) for v in views]}))
     else:
-        typer.echo(runs_table(views))
+        say(runs_table(views))
 
 
 @app.command()
+@_signals_stop
 def rollback(
     run_id: Annotated[str, typer.Argument(help="The run to undo (see 'dockergc runs').")],
     root: RootOpt = None,
@@ -259,11 +334,20 @@ def rollback(
             target.root.path, run_id, runner.Options(progress=_progress(json))
         )
     _show(view, json)
+    if view.signal:
+        raise Interrupted(
+            "rollback interrupted; finish it with: "
+            + runner.command(
+                target.root.path, "rollback", run_id, *(["--live"] if view.mode == "live" else [])
+            ),
+            signal.Signals[view.signal].value,
+        )
     if view.state != "rolled-back":
         raise typer.Exit(1)
 
 
 @app.command()
+@_signals_stop
 def purge(
     root: RootOpt = None,
     config_file: ConfigOpt = None,
@@ -279,6 +363,10 @@ def purge(
         str | None, typer.Option("--run", help="Purge this run now, whatever its age.")
     ] = None,
     yes: YesOpt = False,
+    live: Annotated[
+        bool,
+        typer.Option("--live", help="Allow it while a daemon uses the root (the nightly timer)."),
+    ] = False,
     json: JsonOpt = False,
 ) -> None:
     """Free quarantined items for good. This cannot be undone."""
@@ -288,13 +376,15 @@ def purge(
     confirm("Delete quarantined items for good? This cannot be undone.", yes)
     api.refuse_if_unwritable(target.root.path)
     with exclusive(target.root.path):
+        api.refuse_if_daemon(target.root.path, live)
         views = runner.purge_runs(
             target.root.path, seconds, run, runner.Options(progress=_progress(json))
         )
     freed = sum(v.purged_bytes for v in views)
     if json:
-        typer.echo(dumps({"runs": [run_to_dict(v) for v in views], "bytes": freed}))
+        say(dumps({"runs": [run_to_dict(v) for v in views], "bytes": freed}))
     else:
-        typer.echo(
-            f"purged {len(views)} run(s)" + "".join(f"\n  {v.run_id}: {v.state}" for v in views)
-        )
+        say(f"purged {len(views)} run(s)" + "".join(f"\n  {v.run_id}: {v.state}" for v in views))
+    stopped = next((v.signal for v in views if v.signal), None)
+    if stopped:
+        raise Interrupted("purge interrupted; run it again to go on", signal.Signals[stopped].value)

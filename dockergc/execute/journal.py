@@ -11,16 +11,30 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dockergc.errors import UsageError
+from dockergc.errors import RefusedError, UsageError
 from dockergc.execute.ops import MoveOp
 from dockergc.lock import STATE_DIR
 
 RUNS = f"{STATE_DIR}/runs"
+
+
+def refuse_unsafe_state(root: Path) -> None:
+    """Refuse (exit 3) when ``.dockergc`` or ``.dockergc/runs`` is a symlink or not a
+    directory: journals read or written through it could be anyone's."""
+    for rel in (STATE_DIR, RUNS):
+        try:
+            st = os.lstat(root / rel)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise RefusedError(f"{root / rel} is {what}; refusing to use it")
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -42,6 +56,7 @@ class Journal:
     def __init__(self, root: Path, run_id: str, base: str = RUNS) -> None:
         if not run_id or "/" in run_id or run_id.startswith("."):
             raise UsageError(f"{run_id!r} is not a run id")
+        refuse_unsafe_state(root)
         self.root = root
         self.run_id = run_id
         self.dir = root / base / run_id
@@ -105,6 +120,8 @@ class RunView:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     ended: float | None = None
     purged_bytes: int = 0
+    total: int = 0  # actions in the plan
+    signal: str | None = None  # what interrupted it, if something did
 
     @property
     def in_doubt(self) -> list[Step]:
@@ -130,6 +147,7 @@ def replay(run_id: str, records: list[dict[str, Any]]) -> RunView:
         float(begin.get("t", 0)),
         str(begin.get("mode", "offline")),
         "running",
+        total=int(begin.get("actions", 0)),
     )
     steps: dict[int, Step] = {}
     for r in records:
@@ -163,6 +181,7 @@ def replay(run_id: str, records: list[dict[str, Any]]) -> RunView:
         elif kind in ("end", "rollback-end", "purge-end"):
             view.state = str(r.get("state", view.state))
             view.ended = float(r.get("t", 0))
+            view.signal = r.get("signal")
     view.steps = [steps[k] for k in sorted(steps)]
     if (
         view.state in ("applied", "rolled-back", "partially-rolled-back")
@@ -175,8 +194,9 @@ def replay(run_id: str, records: list[dict[str, Any]]) -> RunView:
 
 
 def list_runs(root: Path) -> list[str]:
+    refuse_unsafe_state(root)
     base = root / RUNS
-    if not base.is_dir() or base.is_symlink():
+    if not base.is_dir():
         return []
     return sorted(p.name for p in base.iterdir() if (p / "journal.jsonl").is_file())
 

@@ -2,12 +2,17 @@
 
 Every move is announced in the journal (fsync'd) before it happens and confirmed
 after. A crash between the two leaves an in-doubt step; renames are atomic, so
-looking at the disk settles it (``settle``). Ctrl-C or SIGTERM stops between steps.
+looking at the disk settles it (``settle``).
+
+Ctrl-C or SIGTERM finishes the current step, writes an ``end`` record with state
+``interrupted`` (and the signal) and returns: the handler is installed before a run's
+``begin`` record, so no signal can leave a run ``running``.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +36,7 @@ from dockergc.execute.journal import (
     run_dir_rel,
 )
 from dockergc.execute.ops import MoveOp, PurgeOp, perform
-from dockergc.execute.verify import Facts, mounted_under, why_not
+from dockergc.execute.verify import LIVE_SLACK, Facts, LiveWatch, mounted_under, why_not
 from dockergc.plan import Plan
 from dockergc.store.mountinfo import MountTable
 
@@ -49,10 +54,35 @@ class Options:
     progress: Progress = _quiet
     # Test hook: called after each journal record is written (crash injection).
     after_record: Callable[[dict[str, object]], None] | None = None
+    # --live: how close to the run's start (filesystem clock) a change counts as during it.
+    live_slack: float = LIVE_SLACK
+
+
+DEFAULT_ROOT = Path("/var/lib/docker")
+
+
+def command(root: Path, *words: str) -> str:
+    """A dockergc command line to suggest, with ``--root`` unless it is the default."""
+    tail = ["--root", str(root)] if root != DEFAULT_ROOT else []
+    return shlex.join(["dockergc", *words, *tail])
+
+
+def resume_hint(root: Path, view: RunView) -> str:
+    live = ["--live"] if view.mode == "live" else []
+    return command(root, "apply", "--resume", view.run_id, *live)
 
 
 class _Stop:
-    requested = False
+    signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def record(self, state: str) -> dict[str, object]:
+        """The end record of a run this stop interrupted."""
+        assert self.signum is not None
+        return {"type": "end", "state": state, "signal": signal.Signals(self.signum).name}
 
 
 @contextmanager
@@ -61,7 +91,7 @@ def _stop_between_steps() -> Iterator[_Stop]:
     flag = _Stop()
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        flag.requested = True
+        flag.signum = flag.signum or signum
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -86,8 +116,8 @@ def unfinished_runs(root: Path) -> list[RunView]:
 def refuse_if_unfinished(root: Path) -> None:
     for view in unfinished_runs(root):
         raise RefusedError(
-            f"run {view.run_id} did not finish; resume it with 'dockergc apply --resume "
-            f"{view.run_id}' or undo it with 'dockergc rollback {view.run_id}'"
+            f"run {view.run_id} did not finish; resume it with '{resume_hint(root, view)}' "
+            f"or undo it with '{command(root, 'rollback', view.run_id)}'"
         )
 
 
@@ -99,23 +129,25 @@ def start_run(root: Path, plan: Plan, opts: Options) -> RunView:
     """Create a run for ``plan`` and apply it."""
     if Path(plan.root) != root:
         raise RefusedError(f"the plan is for {plan.root}, not {root}")
-    run_id = new_run_id()
-    safefs.makedirs(str(root), run_dir_rel(run_id) + "/q")
-    journal = Journal(root, run_id)
-    (journal.dir / "plan.json").write_text(json.dumps(plan.to_dict()) + "\n")
-    _write(
-        journal,
-        opts,
-        {
-            "type": "begin",
-            "run_id": run_id,
-            "root": str(root),
-            "mode": "live" if opts.live else "offline",
-            "plan_created": plan.created,
-            "actions": len(plan.actions),
-        },
-    )
-    return _apply(root, journal, plan, opts, done=set(), moved=set(), next_seq=1)
+    # Signals are caught from before the run exists: none can leave it 'running'.
+    with _stop_between_steps() as stop:
+        run_id = new_run_id()
+        safefs.makedirs(str(root), run_dir_rel(run_id) + "/q")
+        journal = Journal(root, run_id)
+        (journal.dir / "plan.json").write_text(json.dumps(plan.to_dict()) + "\n")
+        _write(
+            journal,
+            opts,
+            {
+                "type": "begin",
+                "run_id": run_id,
+                "root": str(root),
+                "mode": "live" if opts.live else "offline",
+                "plan_created": plan.created,
+                "actions": len(plan.actions),
+            },
+        )
+        return _apply(root, journal, plan, opts, set(), set(), 1, stop)
 
 
 def resume_run(root: Path, run_id: str, opts: Options) -> RunView:
@@ -124,16 +156,17 @@ def resume_run(root: Path, run_id: str, opts: Options) -> RunView:
     view = load(root, run_id)
     if view.state not in ("running", "interrupted") and not view.in_doubt:
         raise UsageError(f"run {run_id} is {view.state}; there is nothing to resume")
-    settle(root, journal, view, opts)
-    view = load(root, run_id)
-    plan = Plan.from_dict(json.loads((journal.dir / "plan.json").read_text()))
-    # A step settled as never moved is tried again; everything else was decided.
-    handled = {s.action_id for s in view.steps if s.status != "not-moved"}
-    handled |= {s["action_id"] for s in view.skipped}
-    moved = {s.path for s in view.steps if s.status == "moved"}
-    _write(journal, opts, {"type": "resume"})
-    next_seq = max((s.seq for s in view.steps), default=0) + 1
-    return _apply(root, journal, plan, opts, done=handled, moved=moved, next_seq=next_seq)
+    with _stop_between_steps() as stop:
+        settle(root, journal, view, opts)
+        view = load(root, run_id)
+        plan = Plan.from_dict(json.loads((journal.dir / "plan.json").read_text()))
+        # A step settled as never moved is tried again; everything else was decided.
+        handled = {s.action_id for s in view.steps if s.status != "not-moved"}
+        handled |= {s["action_id"] for s in view.skipped}
+        moved = {s.path for s in view.steps if s.status == "moved"}
+        _write(journal, opts, {"type": "resume"})
+        next_seq = max((s.seq for s in view.steps), default=0) + 1
+        return _apply(root, journal, plan, opts, handled, moved, next_seq, stop)
 
 
 def settle(root: Path, journal: Journal, view: RunView, opts: Options) -> None:
@@ -172,7 +205,8 @@ def settle(root: Path, journal: Journal, view: RunView, opts: Options) -> None:
                     "type": "done",
                     "seq": step.seq,
                     "outcome": "lost",
-                    "reason": "settled after a crash: found in neither place",
+                    "reason": "settled after a crash: found in neither place (looked "
+                    f"for {step.op.src} and {step.op.dst} under {root})",
                 },
             )
 
@@ -185,161 +219,194 @@ def _apply(
     done: set[str],
     moved: set[str],
     next_seq: int,
+    stop: _Stop,
 ) -> RunView:
     planned_at = _planned_at(plan)
+    watch = None
+    if opts.live:  # the run's start on the filesystem's clock, and the plan's grace period
+        watch = LiveWatch.begin(root, journal.dir, plan.min_age_seconds, opts.live_slack)
     facts = Facts.read(root, opts.mounts)
     seq = next_seq
     todo = [a for a in plan.actions if a.id not in done]
-    with _stop_between_steps() as stop:
-        for n, action in enumerate(todo, 1):
-            if stop.requested:
-                _write(journal, opts, {"type": "end", "state": "interrupted"})
-                return load(root, journal.run_id)
-            if opts.live and n > 1:
-                facts = facts.current(root, opts.mounts)  # the daemon may have moved on
-            reason = why_not(root, action, facts, moved, planned_at, opts.mounts)
-            if reason:
-                _write(
-                    journal,
-                    opts,
-                    {
-                        "type": "skip",
-                        "action_id": action.id,
-                        "kind": action.kind,
-                        "path": action.path,
-                        "reason": reason,
-                    },
-                )
-                opts.progress(f"[{n}/{len(todo)}] kept {action.path}: {reason}")
-                continue
-            op = MoveOp(
-                src=action.path,
-                dst=quarantine_rel(journal.run_id, seq),
-                dev=action.dev,
-                ino=action.ino,
-            )
+    for n, action in enumerate(todo, 1):
+        if stop.requested:
+            _write(journal, opts, stop.record("interrupted"))
+            return load(root, journal.run_id)
+        if opts.live and n > 1:
+            facts = facts.current(root, opts.mounts)  # the daemon may have moved on
+        reason = why_not(root, action, facts, moved, planned_at, opts.mounts, watch)
+        if reason:
             _write(
                 journal,
                 opts,
                 {
-                    "type": "intent",
-                    "seq": seq,
+                    "type": "skip",
                     "action_id": action.id,
                     "kind": action.kind,
                     "path": action.path,
-                    "bytes": action.bytes,
-                    "op": op.as_dict(),
+                    "reason": reason,
                 },
             )
-            try:
-                perform(str(root), op)
-            except (safefs.UnsafePath, OSError) as exc:
-                _write(
-                    journal,
-                    opts,
-                    {
-                        "type": "done",
-                        "seq": seq,
-                        "outcome": "not-moved",
-                        "reason": f"move failed: {exc}",
-                    },
-                )
-                opts.progress(f"[{n}/{len(todo)}] kept {action.path}: {exc}")
-            else:
-                _write(journal, opts, {"type": "done", "seq": seq, "outcome": "moved"})
-                moved.add(action.path)
-                opts.progress(f"[{n}/{len(todo)}] quarantined {action.path}")
-            seq += 1
+            opts.progress(f"[{n}/{len(todo)}] kept {action.path}: {reason}")
+            continue
+        op = MoveOp(
+            src=action.path,
+            dst=quarantine_rel(journal.run_id, seq),
+            dev=action.dev,
+            ino=action.ino,
+        )
+        _write(
+            journal,
+            opts,
+            {
+                "type": "intent",
+                "seq": seq,
+                "action_id": action.id,
+                "kind": action.kind,
+                "path": action.path,
+                "bytes": action.bytes,
+                "op": op.as_dict(),
+            },
+        )
+        try:
+            perform(str(root), op)
+        except (safefs.UnsafePath, OSError) as exc:
+            _write(
+                journal,
+                opts,
+                {
+                    "type": "done",
+                    "seq": seq,
+                    "outcome": "not-moved",
+                    "reason": f"move failed: {exc}",
+                },
+            )
+            opts.progress(f"[{n}/{len(todo)}] kept {action.path}: {exc}")
+        else:
+            _write(journal, opts, {"type": "done", "seq": seq, "outcome": "moved"})
+            moved.add(action.path)
+            if watch:
+                watch.after_own_move(action.path)
+            opts.progress(f"[{n}/{len(todo)}] quarantined {action.path}")
+        seq += 1
     _write(journal, opts, {"type": "end", "state": "applied"})
     return load(root, journal.run_id)
 
 
 def rollback_run(root: Path, run_id: str, opts: Options) -> RunView:
-    """Move every quarantined entry of the run back, newest first."""
+    """Move every quarantined entry of the run back, newest first. Ctrl-C or SIGTERM
+    stops after the current step (state partially-rolled-back; run rollback again)."""
     journal = Journal(root, run_id)
     view = load(root, run_id)
-    if view.in_doubt:
-        settle(root, journal, view, opts)
-        view = load(root, run_id)
-    _write(journal, opts, {"type": "rollback-begin"})
-    failed = 0
-    for step in reversed(view.quarantined):
-        back = step.op.reverse()
-        if safefs.lstat_at(str(root), back.dst) is not None:
-            failed += 1
-            _write(
-                journal,
-                opts,
-                {
-                    "type": "undo-skip",
-                    "seq": step.seq,
-                    "reason": f"{back.dst} exists again; left in quarantine",
-                },
-            )
-            opts.progress(f"left {step.path} in quarantine: the path is taken again")
-            continue
-        busy = mounted_under(root, back.src, opts.mounts)
-        if busy:
-            failed += 1
-            _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": busy})
-            continue
-        _write(journal, opts, {"type": "undo-intent", "seq": step.seq, "op": back.as_dict()})
-        try:
-            perform(str(root), back)
-        except (safefs.UnsafePath, OSError) as exc:
-            failed += 1
-            _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": str(exc)})
-            continue
-        _write(journal, opts, {"type": "undo-done", "seq": step.seq})
-        opts.progress(f"restored {step.path}")
-    state = "partially-rolled-back" if failed else "rolled-back"
-    _write(journal, opts, {"type": "rollback-end", "state": state})
+    with _stop_between_steps() as stop:
+        if view.in_doubt:
+            settle(root, journal, view, opts)
+            view = load(root, run_id)
+        _write(journal, opts, {"type": "rollback-begin"})
+        failed = 0
+        for step in reversed(view.quarantined):
+            if stop.requested:
+                _write(
+                    journal, opts, {**stop.record("partially-rolled-back"), "type": "rollback-end"}
+                )
+                return load(root, run_id)
+            failed += not _undo(root, journal, step, opts)
+        state = "partially-rolled-back" if failed else "rolled-back"
+        _write(journal, opts, {"type": "rollback-end", "state": state})
     return load(root, run_id)
 
 
+def _undo(root: Path, journal: Journal, step: Step, opts: Options) -> bool:
+    """Move one quarantined entry back; False if it had to stay in quarantine."""
+    back = step.op.reverse()
+    if safefs.lstat_at(str(root), back.dst) is not None:
+        _write(
+            journal,
+            opts,
+            {
+                "type": "undo-skip",
+                "seq": step.seq,
+                "reason": f"{back.dst} exists again; left in quarantine",
+            },
+        )
+        opts.progress(f"left {step.path} in quarantine: the path is taken again")
+        return False
+    busy = mounted_under(root, back.src, opts.mounts)
+    if busy:
+        _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": busy})
+        return False
+    _write(journal, opts, {"type": "undo-intent", "seq": step.seq, "op": back.as_dict()})
+    try:
+        perform(str(root), back)
+    except (safefs.UnsafePath, OSError) as exc:
+        _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": str(exc)})
+        return False
+    _write(journal, opts, {"type": "undo-done", "seq": step.seq})
+    opts.progress(f"restored {step.path}")
+    return True
+
+
 def purge_runs(root: Path, older_than: float, run_id: str | None, opts: Options) -> list[RunView]:
-    """Remove quarantined entries of finished runs older than ``older_than`` seconds."""
+    """Remove quarantined entries of finished runs older than ``older_than`` seconds.
+    Ctrl-C or SIGTERM stops after the current entry (the run's purge-end says so)."""
     now = time.time()
     purged: list[RunView] = []
     ids = [run_id] if run_id else list_runs(root)
-    for rid in ids:
-        view = load(root, rid)
-        if view.state in ("running", "interrupted") or view.in_doubt:
-            if run_id:
-                raise RefusedError(f"run {rid} is unfinished; resume or roll it back first")
-            continue
-        if not run_id and (view.ended is None or now - view.ended < older_than):
-            continue
-        targets: list[Step] = view.quarantined
-        if not targets:
-            continue
-        journal = Journal(root, rid)
-        for step in targets:
-            op = PurgeOp(step.op.dst)
-            busy = mounted_under(root, op.path, opts.mounts)
-            if busy:
-                _write(journal, opts, {"type": "purge-skip", "seq": step.seq, "reason": busy})
-                opts.progress(f"kept {step.op.dst} in quarantine: {busy}")
+    with _stop_between_steps() as stop:
+        for rid in ids:
+            view = load(root, rid)
+            if view.state in ("running", "interrupted") or view.in_doubt:
+                if run_id:
+                    raise RefusedError(
+                        f"run {rid} is unfinished; resume it with '{resume_hint(root, view)}' "
+                        f"or undo it with '{command(root, 'rollback', rid)}' first"
+                    )
                 continue
-            _write(journal, opts, {"type": "purge-intent", "seq": step.seq, "op": op.as_dict()})
-            try:
-                freed = perform(str(root), op)
-            except (safefs.UnsafePath, OSError) as exc:
-                _write(journal, opts, {"type": "purge-skip", "seq": step.seq, "reason": str(exc)})
-                opts.progress(f"could not purge {step.op.dst}: {exc}")
+            if not run_id and (view.ended is None or now - view.ended < older_than):
                 continue
-            _write(journal, opts, {"type": "purge-done", "seq": step.seq, "freed": freed})
-        _write(journal, opts, {"type": "purge-end", "state": view.state})
-        purged.append(load(root, rid))
+            if view.quarantined:
+                purged.append(_purge_one(root, view, opts, stop))
+            if stop.requested:
+                break
     return purged
 
 
-def purge_until(root: Path, low: float, used: Callable[[Path], float], opts: Options) -> None:
+def _purge_one(root: Path, view: RunView, opts: Options, stop: _Stop) -> RunView:
+    journal = Journal(root, view.run_id)
+    for step in view.quarantined:
+        if stop.requested:
+            _write(journal, opts, {**stop.record(view.state), "type": "purge-end"})
+            return load(root, view.run_id)
+        op = PurgeOp(step.op.dst)
+        busy = mounted_under(root, op.path, opts.mounts)
+        if busy:
+            _write(journal, opts, {"type": "purge-skip", "seq": step.seq, "reason": busy})
+            opts.progress(f"kept {step.op.dst} in quarantine: {busy}")
+            continue
+        _write(journal, opts, {"type": "purge-intent", "seq": step.seq, "op": op.as_dict()})
+        try:
+            freed = perform(str(root), op)
+        except (safefs.UnsafePath, OSError) as exc:
+            _write(journal, opts, {"type": "purge-skip", "seq": step.seq, "reason": str(exc)})
+            opts.progress(f"could not purge {step.op.dst}: {exc}")
+            continue
+        _write(journal, opts, {"type": "purge-done", "seq": step.seq, "freed": freed})
+    _write(journal, opts, {"type": "purge-end", "state": view.state})
+    return load(root, view.run_id)
+
+
+def purge_until(
+    root: Path, low: float, used: Callable[[Path], float], opts: Options
+) -> list[RunView]:
     """Disk pressure: purge finished runs' quarantine, oldest first, until ``used(root)``
-    is below ``low`` percent (the run just made included, last)."""
+    is below ``low`` percent (the run just made included, last). Stops at a signal."""
     views = sorted((load(root, r) for r in list_runs(root)), key=lambda v: (v.created, v.run_id))
+    purged: list[RunView] = []
     for view in views:
         if used(root) < low:
-            return
+            break
         if view.quarantined and view.state not in ("running", "interrupted") and not view.in_doubt:
-            purge_runs(root, 0, view.run_id, opts)
+            purged += purge_runs(root, 0, view.run_id, opts)
+            if purged and purged[-1].signal:
+                break
+    return purged

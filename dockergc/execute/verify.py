@@ -1,7 +1,14 @@
-"""Re-check a planned action right before it is carried out: a saved plan can be stale."""
+"""Re-check a planned action right before it is carried out: a saved plan can be stale.
+
+With ``--live`` the daemon runs alongside, and the grace period (measured on the process
+clock when planning) is not enough on its own: a wrong clock or a tiny grace would let a
+dir a pull, build or commit is writing look old. ``LiveWatch`` re-checks, right before
+each move, what an in-flight operation can own, on the filesystem's own clock.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -23,6 +30,7 @@ REFERENCE_SOURCES = (
     "image/overlay2/imagedb/content/sha256",
     "image/overlay2/layerdb/sha256",
     "image/overlay2/layerdb/mounts",
+    "image/overlay2/layerdb/tmp",
     "containers",
     "buildkit",
     "buildkit/snapshots.db",
@@ -79,6 +87,7 @@ def why_not(
     moved: set[str],
     planned_at: float,
     mounts: MountTable | None = None,
+    watch: LiveWatch | None = None,
 ) -> str | None:
     """None if the action may go ahead now, else the reason to skip it."""
     if facts.graph.freeze:
@@ -112,7 +121,13 @@ def why_not(
         diff = safefs.lstat_at(str(root), action.path + "/diff")
         if diff is not None and max(diff.st_mtime, diff.st_ctime) > planned_at + 1:
             return "its diff/ changed since planned"
-    return mounted_under(root, action.path, mounts)
+    if watch is not None:
+        reason = watch.in_flight(action)
+        if reason:
+            return reason
+    return mounted_under(root, action.path, mounts) or (
+        held_open(root, action.path) if watch is not None else None
+    )
 
 
 def mounted_under(root: Path, rel: str, mounts: MountTable | None = None) -> str | None:
@@ -124,3 +139,209 @@ def mounted_under(root: Path, rel: str, mounts: MountTable | None = None) -> str
         if path == absolute or path.startswith(absolute + "/"):
             return f"mounted now: {why}"
     return None
+
+
+# A write racing the run's start can carry a filesystem time a little before the probe's
+# (timestamps come from a coarse clock): anything changed this close to the start, or
+# after it, counts as changed during the run.
+LIVE_SLACK = 5.0
+# What an in-flight layer registration, container create or build step produces.
+IN_FLIGHT_KINDS = ("orphan-layer", "stale-init")
+WRITE_SETS = "image/overlay2/layerdb/tmp"
+PROBE = "clock"
+
+
+def fs_now(state_dir: Path) -> float:
+    """The filesystem's "now": write a probe file and read back the time the kernel
+    stamped on it. File times come from the kernel's clock, whatever the process clock
+    says (a skewed or faked clock, a clock moved by hand)."""
+    fd = os.open(
+        state_dir / PROBE,
+        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return max(st.st_mtime, st.st_ctime)
+
+
+def _newest(st: os.stat_result) -> float:
+    return max(st.st_mtime, st.st_ctime)
+
+
+def shallow_newest(root: Path, rel: str) -> float:
+    """Newest mtime/ctime of ``rel``, its direct entries, and the direct entries of its
+    ``diff/`` and ``work/``.
+
+    Cheap, not complete, on purpose: a full walk per candidate would measure every
+    candidate a second time (the planner already walked each one for its newest time,
+    moments earlier in a ``gc`` run). A writer that starts on a dir creates its top-level
+    entries first (``diff``, ``work``, ``link``, the first entries under ``diff/``), and
+    every create changes its parent's mtime and ctime; a writer busy deeper down holds a
+    file open there (``held_open``) and, when it is a layer registration, has a
+    ``write-set`` in layerdb (``in_flight``). The three together cover what the walk would.
+    """
+    with safefs.open_parent(str(root), rel) as (pfd, name):
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        newest = _newest(st)
+        if not stat.S_ISDIR(st.st_mode):
+            return newest
+        fd = safefs.open_dir_at(pfd, name)
+    try:
+        return max(newest, _entries_newest(fd, descend=("diff", "work")))
+    finally:
+        os.close(fd)
+
+
+def _entries_newest(fd: int, descend: tuple[str, ...] = ()) -> float:
+    newest = 0.0
+    with os.scandir(fd) as it:
+        entries = list(it)
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # removed while we looked: its parent's times say so
+        newest = max(newest, _newest(st))
+        if entry.name in descend and stat.S_ISDIR(st.st_mode):
+            try:
+                sub = safefs.open_dir_at(fd, entry.name)
+            except (FileNotFoundError, safefs.UnsafePath):
+                continue  # gone, or a mount point: the mount check keeps it
+            try:
+                newest = max(newest, _entries_newest(sub))
+            finally:
+                os.close(sub)
+    return newest
+
+
+def _ago(seconds: float) -> str:
+    return f"{max(0, int(seconds))}s" if seconds < 120 else f"{int(seconds // 60)}m"
+
+
+@dataclass
+class LiveWatch:
+    """Re-checks, right before each move of a ``--live`` run, for what an in-flight
+    operation can own. Times are compared on the filesystem's clock: ``start`` is the
+    time the kernel stamped on a probe file when the run (or its resume) began."""
+
+    root: Path
+    start: float  # the run's start, by the filesystem's clock
+    grace: float  # the plan's grace period, re-applied on the filesystem's clock
+    slack: float = LIVE_SLACK
+    # The activity sources (REFERENCE_SOURCES) as of the last check, and those that had
+    # already changed at the run's start (reported once, at the first check).
+    seen: tuple[tuple[int, int, int, int], ...] = ()
+    early: tuple[str, ...] = ()
+
+    @classmethod
+    def begin(
+        cls, root: Path, state_dir: Path, grace: float, slack: float = LIVE_SLACK
+    ) -> LiveWatch:
+        watch = cls(root, fs_now(state_dir), grace, slack, fingerprint(root))
+        cutoff = watch.start - slack
+        watch.early = tuple(
+            rel
+            for rel, cur in zip(REFERENCE_SOURCES, watch.seen, strict=True)
+            if cur != (0, 0, 0, 0) and max(cur[1], cur[2]) / 1e9 >= cutoff
+        )
+        return watch
+
+    def after_own_move(self, rel: str) -> None:
+        """gc's own move of ``rel`` changed its parent dir (a ``-removing`` entry leaving
+        layerdb, a write-set leaving layerdb/tmp): that is not the daemon's activity."""
+        parent = rel.rpartition("/")[0]
+        if parent in REFERENCE_SOURCES:
+            i = REFERENCE_SOURCES.index(parent)
+            now = fingerprint(self.root)
+            self.seen = (*self.seen[:i], now[i], *self.seen[i + 1 :])
+
+    def in_flight(self, action: Action) -> str | None:
+        """Why an in-flight operation may own ``action``'s path now; None if nothing says so."""
+        try:
+            newest = shallow_newest(self.root, action.path)
+        except (safefs.UnsafePath, OSError) as exc:
+            return f"cannot be checked for in-flight writes: {exc}"
+        if newest >= self.start - self.slack:
+            return "changed during this run (by the filesystem's clock)"
+        if newest > self.start - self.grace:
+            return (
+                f"younger than the grace period by the filesystem's clock (changed "
+                f"{_ago(self.start - newest)} before this run began; the process clock disagrees)"
+            )
+        if action.kind not in IN_FLIGHT_KINDS:
+            return None
+        return self._registration() or self._activity()
+
+    def _registration(self) -> str | None:
+        """A young ``layerdb/tmp/write-set-*`` is a layer being registered (a pull, load
+        or build commit): its overlay2 dir exists, unreferenced, until the commit. Its
+        dir's birth time is not readable here, so every orphan-layer and -init candidate
+        is kept while any young write-set exists (young: changed within the grace
+        period, or during this run, by the filesystem's clock)."""
+        try:
+            names = [n for n in os.listdir(self.root / WRITE_SETS) if n.startswith("write-set-")]
+        except OSError:
+            return None
+        for name in sorted(names):
+            try:
+                newest = shallow_newest(self.root, f"{WRITE_SETS}/{name}")
+            except (safefs.UnsafePath, OSError):
+                continue
+            if newest >= self.start - max(self.grace, self.slack):
+                return (
+                    f"a layer registration is in flight ({WRITE_SETS}/{name} changed "
+                    f"{_ago(self.start - newest)} before this run began or during it)"
+                )
+        return None
+
+    def _activity(self) -> str | None:
+        """The daemon changed where references come from (layerdb, mount records, tags,
+        containers, BuildKit's dbs) since the last check, not by our own move: a create,
+        commit or build step is under way, and a dir it made may not be recorded yet."""
+        now = fingerprint(self.root)
+        changed = list(self.early) + [
+            rel
+            for rel, cur, old in zip(REFERENCE_SOURCES, now, self.seen, strict=True)
+            if cur != old and rel not in self.early
+        ]
+        self.seen, self.early = now, ()
+        if changed:
+            return (
+                f"the daemon is changing {', '.join(changed)} during this run "
+                "(a build, commit or create in flight)"
+            )
+        return None
+
+
+def held_open(root: Path, rel: str) -> str | None:
+    """Which process has a file, its cwd or its root under ``rel`` now (read from
+    /proc/*/fd, cwd, root); None if none. A process that ends mid-scan is skipped."""
+    target = f"{root}/{rel}"
+    me = str(os.getpid())
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid == me:
+            continue
+        base = f"/proc/{pid}"
+        links = {f"{base}/cwd": "its cwd", f"{base}/root": "its root"}
+        with contextlib.suppress(OSError):  # gone, or not ours to read
+            links |= {f"{base}/fd/{fd}": f"fd {fd}" for fd in os.listdir(f"{base}/fd")}
+        for link, what in links.items():
+            try:
+                path = os.readlink(link).removesuffix(" (deleted)")
+            except OSError:
+                continue
+            if path == target or path.startswith(target + "/"):
+                return f"in use now: pid {pid} ({_comm(base)}) holds {path} ({what})"
+    return None
+
+
+def _comm(base: str) -> str:
+    try:
+        with open(f"{base}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "?"
