@@ -101,7 +101,17 @@ def inventory(snap: Snapshot, graph: Graph) -> dict[str, Any]:
     }
 
 
-def refuse_if_daemon(root: Path, live: bool) -> None:
+LIVE_HINT = (
+    "stop the daemon first, or pass --live (the nightly timer's mode: long grace period, "
+    "every step re-checked against a fresh graph and every mount)"
+)
+PURGE_HINT = (
+    "quarantine is never the daemon's: pass --live to purge while it runs (every item is "
+    "still checked against every mount namespace first)"
+)
+
+
+def refuse_if_daemon(root: Path, live: bool, hint: str = LIVE_HINT) -> None:
     """Refuse to change a root a running dockerd/containerd uses, unless ``live``: the one
     gate of every command that changes disk (gc, apply, apply --resume, rollback, purge).
     The root is matched by (st_dev, st_ino) in each daemon's own mount namespace, so bind
@@ -116,8 +126,7 @@ def refuse_if_daemon(root: Path, live: bool) -> None:
         who = "; ".join(d.describe() for d in users)
         raise RefusedError(
             f"refusing to change {root}: {who}",
-            hint="stop the daemon first, or pass --live (the nightly timer's mode: long "
-            "grace period, every step re-checked against a fresh graph and every mount)",
+            hint=hint,
         )
 
 

@@ -265,6 +265,26 @@ def test_bbolt_page_reached_twice_is_an_error() -> None:
         bbolt.parse(bytes(data))
 
 
+def test_bbolt_overlapping_leaf_elements_are_an_error_not_a_memory_bomb() -> None:
+    """Every element of a leaf pointing at the same large value: without the layout check
+    each would be a fresh copy of the span (65,535 x 64 MiB at worst)."""
+    data = bytearray(write_bbolt({b"k": {}}))
+    count, span = 200, 64 * 1024
+    data += bytes(PAGE * (1 + span // PAGE))
+    at = 3 * PAGE
+    struct.pack_into("<QHHI", data, at, 3, bbolt.LEAF, count, span // PAGE)
+    first = 16 + count * bbolt.LEAF_ELEM.size
+    for i in range(count):
+        elem = at + 16 + i * bbolt.LEAF_ELEM.size
+        # pos is relative to the element's own header: all point at one shared value
+        bbolt.LEAF_ELEM.pack_into(
+            data, elem, 0, first - (16 + i * bbolt.LEAF_ELEM.size), 1, span - first - 1
+        )
+    reader = bbolt._Reader(bbolt._Source(data=bytes(data)))
+    with pytest.raises(bbolt.BboltError, match="overlap"):
+        reader._walk_page(reader._page(3), bbolt.Bucket(), 0)
+
+
 PEAK_RSS = """
 import json, resource, sys
 from pathlib import Path

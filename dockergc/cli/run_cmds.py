@@ -376,7 +376,7 @@ def purge(
     confirm("Delete quarantined items for good? This cannot be undone.", yes)
     api.refuse_if_unwritable(target.root.path)
     with exclusive(target.root.path):
-        api.refuse_if_daemon(target.root.path, live)
+        api.refuse_if_daemon(target.root.path, live, hint=api.PURGE_HINT)
         views = runner.purge_runs(
             target.root.path, seconds, run, runner.Options(progress=_progress(json))
         )

@@ -69,8 +69,13 @@ class Journal:
         """Write one record and fsync it: after this returns, it survives a crash."""
         line = json.dumps({"t": round(time.time(), 3), **record}, ensure_ascii=True) + "\n"
         new = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
+            size = os.fstat(fd).st_size
+            # A line torn by a power loss must not swallow this record too: readers drop
+            # a line that does not parse, so start on a line of our own.
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line
             os.write(fd, line.encode())
             os.fsync(fd)
         finally:

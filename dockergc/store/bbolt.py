@@ -184,12 +184,20 @@ class _Reader:
 
 
 def _leaf_items(page: bytes, elems: int, count: int) -> Iterator[tuple[bytes, bytes, int]]:
+    # bbolt writes each element's key and value after the element headers, in element
+    # order, never overlapping (node.write). Holding a file to that keeps what one page can
+    # yield within the page's own bytes: overlapping elements could otherwise copy the same
+    # 64 MiB span 65,535 times.
+    floor = elems + count * LEAF_ELEM.size
     for i in range(count):
         at = elems + i * LEAF_ELEM.size
         _check(page, at, LEAF_ELEM.size)
         elem_flags, pos, ksize, vsize = LEAF_ELEM.unpack_from(page, at)
         start = at + pos
         _check(page, start, ksize + vsize)
+        if start < floor:
+            raise BboltError("leaf elements overlap or go backwards")
+        floor = start + ksize + vsize
         yield page[start : start + ksize], page[start + ksize : start + ksize + vsize], elem_flags
 
 
