@@ -91,6 +91,10 @@ def test_signal_finishes_the_step_closes_the_run_and_says_how_to_resume(
     view = load(root, run_id)
     assert view.state == "interrupted" and not view.in_doubt
     assert len([s for s in view.steps if s.status == "moved"]) == handled
+    # Until it is resumed or rolled back, every gc says its quarantine is kept.
+    dry = run_cli("gc", *on_root(root), "--dry-run")
+    note = f"note: run {run_id} was interrupted; its quarantine ({handled} item(s)) stays"
+    assert (note in dry.stderr) == (handled > 0), dry.stderr
     # The hint works as printed, and then gc is not blocked.
     done = run_cli(*shlex.split(resume)[1:], "--yes", "--config-file", "/x")
     assert f"run {run_id}: applied" in done.stdout

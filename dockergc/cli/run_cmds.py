@@ -242,6 +242,8 @@ def gc(
                 else msg
             )
             return
+    for note in runner.interrupted_notes(target.root.path):
+        say(note, err=True)
     _, _, plan = api.plan_root(target.root.path, policy)
     if dry_run:
         say(dumps(plan.to_dict()) if json else TableRenderer().render(plan).rstrip("\n"))

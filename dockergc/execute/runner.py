@@ -113,6 +113,20 @@ def unfinished_runs(root: Path) -> list[RunView]:
     return [v for v in views if v.state == "running" or v.in_doubt]
 
 
+def interrupted_notes(root: Path) -> list[str]:
+    """One line per run a signal ended: purge skips their quarantine until they are
+    resumed or rolled back, so say so on every gc rather than keep it silently."""
+    notes = []
+    for view in (load(root, r) for r in list_runs(root)):
+        if view.state == "interrupted" and view.quarantined:
+            notes.append(
+                f"note: run {view.run_id} was interrupted; its quarantine "
+                f"({len(view.quarantined)} item(s)) stays until '{resume_hint(root, view)}' "
+                f"or '{command(root, 'rollback', view.run_id)}'"
+            )
+    return notes
+
+
 def refuse_if_unfinished(root: Path) -> None:
     for view in unfinished_runs(root):
         raise RefusedError(
