@@ -14,10 +14,17 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from dockergc.store.ids import is_hex64
+from dockergc.store.layers import MountRecord
+from dockergc.store.overlay import LAYER_NAME
 from dockergc.store.snapshot import Snapshot
+
+# Where a symlink can hide records (what they name would look unreferenced): the graph
+# freezes on one met there. overlay2/<layer dir> counts too: its lower file is unread.
+REFERENCE_DIRS = ("image", "containers", "buildkit", "overlay2")
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,9 @@ class Graph:
     link_owner: dict[str, str]  # short link -> dir name (from link files, then l/ targets)
     freeze: tuple[str, ...]  # why no layer dir may be deleted in this run
     broken: tuple[str, ...]  # references to things that do not exist (reported)
+    # dir name -> why it is kept though no record names it (also in ``live``): it may be
+    # the dir of a mount record whose mount-id or init-id names no dir.
+    guarded: dict[str, str] = field(default_factory=dict)
 
 
 def is_layer_dir_name(name: str) -> bool:
@@ -65,6 +75,9 @@ class _Marker:
                     )
                 owner[d.link] = d.name
         self.queue: deque[str] = deque()
+        self.layer_by_chain = {layer.chain_id: layer for layer in snap.layers.layers}
+        # Dirs a -removing layerdb record names: accounted for (being deleted).
+        self.pending_dirs = {r.cache_id for r in snap.layers.removing if r.cache_id}
 
     def keep(self, name: str, reason: str) -> None:
         if name not in self.live:
@@ -189,8 +202,92 @@ class _Marker:
             if d.link and d.link not in live_links:
                 live_links[d.link] = f"short link of live layer {_short(name)}"
 
+    def guard_dangling_mounts(self) -> dict[str, str]:
+        """Keep what may be the rw (or init) dir of a mount record naming no dir.
+
+        The daemon removes a container's rw dir, its -init dir, then its mount record:
+        a crash in between leaves a record naming no dir, which is common and harmless.
+        But a record whose mount-id was changed also names no dir, and its real rw dir,
+        named by nothing now, would look orphaned. The two cannot be told apart by the
+        record, so every unreferenced dir whose lower file is what that record's dirs
+        would have (moby's getLower: the parent layer's link, then the parent's lower;
+        the rw dir's starts with its init layer's link) is kept. Other leftovers, and
+        every leftover when no record dangles, are not affected."""
+        dangling = [
+            m
+            for m in self.snap.layers.mounts
+            if m.mount_id not in self.dirs or (m.init_id and m.init_id not in self.dirs)
+        ]
+        if not dangling:
+            return {}
+        unreferenced = [
+            d
+            for name, d in self.dirs.items()
+            if name not in self.live
+            and name not in self.pending_dirs
+            and d.lower_ok
+            and is_layer_dir_name(name)
+        ]
+        guarded: dict[str, str] = {}
+        for mount in dangling:
+            which = "mount-id" if mount.mount_id not in self.dirs else "init-id"
+            why = f"may be the rw dir of mount record {mount.name} (its {which} names no dir)"
+            fits = self._fits(mount)
+            for d in unreferenced:
+                if d.name not in guarded and fits(d.name, d.lower):
+                    guarded[d.name] = why
+        for name, why in sorted(guarded.items()):
+            self.keep(name, why)
+        return guarded
+
+    def _fits(self, mount: MountRecord) -> Callable[[str, tuple[str, ...]], bool]:
+        """Whether a dir (name, lower) could be this record's rw or init dir."""
+        chain: tuple[str, ...] | None = None  # what the record's init (or lone rw) dir lists
+        layer = self.layer_by_chain.get(mount.parent or "")
+        top = self.dirs.get(layer.cache_id) if layer else None
+        if top is not None and top.link and top.lower_ok:
+            chain = (top.link, *top.lower)
+
+        def on_parent(lower: tuple[str, ...]) -> bool:
+            """A lower file of a dir made on the record's parent layer."""
+            if chain is not None:
+                return lower == chain
+            # Parent unknown (none recorded, or its layer unreadable): a lower that names
+            # a live layer's link followed by that layer's own lower, as a container's
+            # dirs would, may be this record's; with no parent recorded at all, so may
+            # an empty one (a container of a scratch image).
+            if not lower:
+                return not mount.parent
+            parent = self.dirs.get(self.link_owner.get(lower[0], ""))
+            return (
+                parent is not None
+                and parent.name in self.live
+                and parent.lower_ok
+                and parent.lower == lower[1:]
+            )
+
+        def fits(name: str, lower: tuple[str, ...]) -> bool:
+            if name.endswith("-init"):  # the init dir sits on the parent layer
+                return bool(mount.init_id) and on_parent(lower)
+            if not mount.init_id and on_parent(lower):  # a lone rw dir (builder, image mount)
+                return True
+            # An rw dir on an init dir: its lower starts with the init dir's link, which
+            # names an -init dir, or nothing (that dir, or its l/ link, is gone).
+            if not lower:
+                return False
+            owner = self.link_owner.get(lower[0])
+            return (owner is None or owner.endswith("-init")) and on_parent(lower[1:])
+
+        return fits
+
     def check_consistency(self) -> None:
         snap = self.snap
+        for f in snap.findings:
+            if f.kind == "symlink" and _hides_records(f.path):
+                self.freeze.append(
+                    f"{f.path} is a symlink: dockergc never follows one, so the records "
+                    "behind it are unread and what they name could look unreferenced"
+                )
         known_chains = {layer.chain_id for layer in snap.layers.layers}
         for image in snap.images.images:
             missing = [c for c in image.chain_ids if c not in known_chains]
@@ -224,10 +321,23 @@ class _Marker:
         }
 
 
+def _hides_records(path: str) -> bool:
+    """A symlink at ``path`` may hide records: a dir on the way to imagedb, layerdb,
+    mount records, containers or BuildKit's files (or one of those), or a layer dir."""
+    parts = path.split("/")
+    if parts[0] not in REFERENCE_DIRS:
+        return False
+    if parts[0] == "overlay2":
+        return len(parts) == 1 or (len(parts) == 2 and LAYER_NAME.fullmatch(parts[1]) is not None)
+    return True
+
+
 def mark(snap: Snapshot) -> Graph:
     """Return every live dir and link with its reason, and any reason to freeze."""
     marker = _Marker(snap)
     marker.mark_roots()
+    marker.propagate()
+    guarded = marker.guard_dangling_mounts()
     marker.propagate()
     marker.check_consistency()
     return Graph(
@@ -237,4 +347,5 @@ def mark(snap: Snapshot) -> Graph:
         link_owner=marker.link_owner,
         freeze=tuple(dict.fromkeys(marker.freeze)),
         broken=tuple(dict.fromkeys(marker.broken)),
+        guarded=guarded,
     )

@@ -329,6 +329,10 @@ def make_plan(
         for name, why in graph.live.items()
         if why.startswith("mounted: ")
     ]
+    # Named by no record, yet maybe the rw dir of a mount record whose id names no dir.
+    kept += [
+        Kept(f"overlay2/{name}", "maybe-referenced", why) for name, why in graph.guarded.items()
+    ]
     acted: set[str] = set()
     held: dict[str, str] = {}  # candidate path -> why it is kept
     # A -removing record younger than the grace period: the daemon may be deleting that

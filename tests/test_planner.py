@@ -122,6 +122,16 @@ def orphan_with_child_orphan(w: World) -> None:
         w.expect |= {("orphan-layer", f"overlay2/{n}"), ("orphan-link", link(w, n))}
 
 
+def crash_left_a_dangling_mount_record(w: World) -> None:
+    # moby removes the rw dir, the -init dir, then the record: a crash in between leaves
+    # a record naming no dir. Nothing to plan for it, and no other leftover is held (one
+    # on the same parent layer, shaped like the record's dirs, would be: see DANGLING).
+    solo = w.b.layer({"solo": b"s"}, w.base)
+    c = w.b.container(w.b.image([w.base, solo], ["solo:1"]), solo, "crashed")
+    w.b.crash_during_container_removal(c)
+    w.b.crash_during_container_removal(w.b.image_mount(solo))  # one without init-id
+
+
 SCENARIOS: list[Callable[[World], None]] = [
     healthy,
     interrupted_pull,
@@ -131,6 +141,7 @@ SCENARIOS: list[Callable[[World], None]] = [
     untagged_layers_and_intermediates,
     mount_record_without_container,
     orphan_with_child_orphan,
+    crash_left_a_dangling_mount_record,
 ]
 
 
@@ -337,3 +348,81 @@ def test_hard_links_are_counted_once(tmp_path: Path) -> None:
     p = plan_of(w)
     total = sum(x.bytes for x in p.actions if x.kind == "orphan-layer")
     assert 200_000 <= total < 300_000
+
+
+# -- a mount record whose id names no dir --------------------------------------------------
+# Its real dirs are named by no record now: each is kept, named, when its lower file is
+# what that record's dirs would list (the parent layer's link, then the parent's lower;
+# an rw dir on an init dir has the init dir's link first). Leftovers that do not fit are
+# still planned.
+
+MOUNTS = "image/overlay2/layerdb/mounts"
+
+
+def _fresh() -> str:
+    import secrets
+
+    return secrets.token_hex(32)
+
+
+def image_mount_id_rewritten(w: World) -> tuple[str, set[str]]:
+    m = w.b.image_mount(w.app)
+    (w.root / MOUNTS / m.id / "mount-id").write_text(_fresh())
+    return m.id, {m.mount_id}
+
+
+def image_mount_id_rewritten_parent_lost(w: World) -> tuple[str, set[str]]:
+    m = w.b.image_mount(w.app)
+    (w.root / MOUNTS / m.id / "mount-id").write_text(_fresh())
+    (w.root / MOUNTS / m.id / "parent").unlink()
+    return m.id, {m.mount_id}
+
+
+def scratch_image_mount_id_rewritten(w: World) -> tuple[str, set[str]]:
+    m = w.b.image_mount(None)
+    (w.root / MOUNTS / m.id / "mount-id").write_text(_fresh())
+    return m.id, {m.mount_id}
+
+
+def container_ids_rewritten_together(w: World) -> tuple[str, set[str]]:
+    c = w.b.container(w.app_id, w.app, "moved")
+    fresh = _fresh()
+    (w.root / MOUNTS / c.id / "mount-id").write_text(fresh)
+    (w.root / MOUNTS / c.id / "init-id").write_text(fresh + "-init")
+    return c.id, {c.mount_id, c.mount_id + "-init"}
+
+
+# name -> (what it does, whether an unrelated pull on the base layer is still planned:
+# with the record's parent unknown, any dir shaped like a container's on a live layer is
+# kept, that pull included).
+DANGLING: dict[str, tuple[Callable[[World], tuple[str, set[str]]], bool]] = {
+    "image mount: mount-id names no dir": (image_mount_id_rewritten, True),
+    "image mount: mount-id names no dir, parent lost": (
+        image_mount_id_rewritten_parent_lost,
+        False,
+    ),
+    "scratch image mount: mount-id names no dir": (scratch_image_mount_id_rewritten, False),
+    "container: mount-id and init-id name no dir": (container_ids_rewritten_together, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DANGLING))
+def test_dirs_a_mount_record_may_have_meant_are_kept_and_named(tmp_path: Path, name: str) -> None:
+    w = world(tmp_path)
+    mutate, pull_planned = DANGLING[name]
+    pulled = w.b.interrupted_pull(w.base, {"p": b"p"})
+    dangling_link_and_write_set(w)  # fit no record: always planned
+    record, dirs = mutate(w)
+    p = plan_of(w)
+    assert p.frozen == ()
+    planned = {a.path for a in p.actions}
+    assert not planned & {f"overlay2/{d}" for d in dirs}, planned
+    kept = {k.path: (k.kind, k.reason) for k in p.kept}
+    why = f"may be the rw dir of mount record {record} (its mount-id names no dir)"
+    for d in dirs:
+        assert kept[f"overlay2/{d}"] == ("maybe-referenced", why)
+    if pull_planned:
+        w.expect |= {("orphan-layer", f"overlay2/{pulled}"), ("orphan-link", link(w, pulled))}
+    else:
+        assert kept[f"overlay2/{pulled}"] == ("maybe-referenced", why)
+    assert got(p) == w.expect

@@ -20,7 +20,7 @@ from dockergc.graph import mark
 from dockergc.plan import Policy
 from dockergc.store.snapshot import gather
 from tests.conftest import NO_MOUNTS
-from tests.test_corrupt_matrix import CLAIM_CLASSES, CORRUPTIONS, move_ids
+from tests.test_corrupt_matrix import CORRUPTIONS, MOVE_CLASSES, move_ids
 
 
 @st.composite
@@ -34,10 +34,12 @@ def worlds(draw: st.DrawFn) -> dict[str, object]:
         "removing": draw(st.integers(0, 1)),
         "dangling": draw(st.integers(0, 2)),
         "write_sets": draw(st.integers(0, 1)),
+        "image_mounts": draw(st.integers(0, 2)),
+        "crashed_records": draw(st.integers(0, 2)),
         "moves": draw(
             st.lists(
                 st.tuples(
-                    st.sampled_from(sorted(CLAIM_CLASSES)),
+                    st.sampled_from(MOVE_CLASSES),
                     st.integers(0, 10**6),
                     st.integers(0, 10**6),
                     st.booleans(),
@@ -66,6 +68,15 @@ def build(root: Path, w: dict[str, object]) -> set[tuple[str, str]]:
     for idx, running in w["containers"]:  # type: ignore[attr-defined]
         image, top = images[idx % len(images)]
         b.container(image, top, f"c{idx}", running=running)
+    for k in range(w["image_mounts"]):  # type: ignore[call-overload]
+        b.image_mount(images[k % len(images)][1])  # no init-id, no container dir
+    # Records a crash during container removal left naming no dir, on an image of their
+    # own: leftovers shaped like their dirs would (rightly) be kept, not planned.
+    own = b.layer({"own": b"o"}, base)
+    own_image = b.image([base, own], ["own:1"])
+    for k in range(w["crashed_records"]):  # type: ignore[call-overload]
+        c = b.container(own_image, own, f"crashed{k}") if k % 2 == 0 else b.image_mount(own)
+        b.crash_during_container_removal(c)
     for _ in range(w["buildkit"]):  # type: ignore[call-overload]
         b.buildkit_snapshot(base, {"bk": b"b"})
     expect: set[tuple[str, str]] = set()

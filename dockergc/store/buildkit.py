@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dockergc.store import bbolt
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, list_dir
+from dockergc.store.fsread import UnreadableFile, open_dir_in, scan_fd
 from dockergc.store.ids import is_digest
 
 BUILDKIT = Path("buildkit")
@@ -41,9 +41,9 @@ class BuildkitStore:
     findings: tuple[Finding, ...]
 
 
-def _open(path: Path) -> int:
-    """An fd for a regular file, never through a symlink; the caller closes it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+def _open(name: str, dir_fd: int) -> int:
+    """An fd for a regular file in buildkit/, never through a symlink; the caller closes it."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UnreadableFile("not-a-file", "is not a regular file")
@@ -124,18 +124,46 @@ def read_buildkit(root: Path) -> BuildkitStore:
     files: list[str] = []
     unreadable: list[str] = []
     try:
-        entries = list_dir(root / BUILDKIT)
+        bfd = open_dir_in(root, BUILDKIT)
     except UnreadableFile as exc:
-        findings.append(Finding(str(BUILDKIT), exc.kind, f"BuildKit dir {exc}"))
+        if exc.kind == "missing":
+            return BuildkitStore(frozenset(), frozenset(), frozenset(), (), (), ())
+        findings.append(Finding(exc.where or str(BUILDKIT), exc.kind, f"BuildKit dir {exc}"))
         return BuildkitStore(
             frozenset(), frozenset(), frozenset(), (), ("buildkit",), tuple(findings)
         )
-    for entry in entries:
+    try:
+        _read_files(bfd, keys, chains, hex_ids, files, unreadable, findings)
+    except UnreadableFile as exc:  # buildkit/ could not be listed
+        findings.append(Finding(str(BUILDKIT), exc.kind, f"BuildKit dir {exc}"))
+        unreadable.append("buildkit")
+    finally:
+        os.close(bfd)
+    return BuildkitStore(
+        frozenset(keys),
+        frozenset(chains),
+        frozenset(hex_ids),
+        tuple(files),
+        tuple(unreadable),
+        tuple(findings),
+    )
+
+
+def _read_files(
+    bfd: int,
+    keys: set[str],
+    chains: set[str],
+    hex_ids: set[str],
+    files: list[str],
+    unreadable: list[str],
+    findings: list[Finding],
+) -> None:
+    for entry in scan_fd(bfd):
         if not entry.name.endswith(".db"):
             continue
         rel = BUILDKIT / entry.name
         try:
-            fd = _open(root / rel)
+            fd = _open(entry.name, bfd)
         except (UnreadableFile, OSError) as exc:
             unreadable.append(str(rel))
             findings.append(Finding(str(rel), "unreadable", f"BuildKit records unreadable: {exc}"))
@@ -164,11 +192,3 @@ def read_buildkit(root: Path) -> BuildkitStore:
             findings.append(Finding(str(rel), "unreadable", f"BuildKit records unreadable: {exc}"))
         finally:
             os.close(fd)
-    return BuildkitStore(
-        frozenset(keys),
-        frozenset(chains),
-        frozenset(hex_ids),
-        tuple(files),
-        tuple(unreadable),
-        tuple(findings),
-    )

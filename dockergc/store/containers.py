@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, list_dir, parse_json, read_text
+from dockergc.store.fsread import (
+    UnreadableFile,
+    lexists_at,
+    open_dir_at,
+    open_dir_in,
+    parse_json,
+    read_text,
+    scan_fd,
+)
 from dockergc.store.ids import is_hex64
 
 
@@ -46,43 +54,73 @@ def _parse(cid: str, text: str) -> ContainerRecord:
     )
 
 
+def _read_config(cfd: int, cid: str) -> str:
+    """containers/<cid>/config.v2.json, through the containers dir's fd: a container dir
+    that is a symlink is refused (``where`` names it), never read through."""
+    dfd = open_dir_at(cfd, cid, f"containers/{cid}")
+    try:
+        return read_text("config.v2.json", dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
 def read_containers(root: Path) -> ContainerStore:
     findings: list[Finding] = []
     containers: list[ContainerRecord] = []
     unreadable: list[str] = []
     try:
-        entries = list_dir(root / "containers")
+        cfd = open_dir_in(root, "containers")
     except UnreadableFile as exc:
+        if exc.kind == "missing":
+            return ContainerStore((), (), ())
+        where = exc.where or "containers"
+        return ContainerStore((), ("*",), (Finding(where, exc.kind, f"dir {exc}"),))
+    try:
+        entries = scan_fd(cfd)
+    except UnreadableFile as exc:
+        os.close(cfd)
         return ContainerStore((), ("*",), (Finding("containers", exc.kind, f"dir {exc}"),))
-    for entry in entries:
-        rel = Path("containers") / entry.name
-        if not is_hex64(entry.name):
-            findings.append(Finding(str(rel), "unknown-entry", "not a container id; kept"))
-            continue
-        try:
-            record = _parse(entry.name, read_text(root / rel / "config.v2.json"))
-            containers.append(record)
-            if not record.id_matches:
-                findings.append(
-                    Finding(
-                        str(rel / "config.v2.json"),
-                        "bad-format",
-                        "config's ID or State does not fit this container",
-                    )
-                )
-        except UnreadableFile as exc:
-            if exc.kind == "missing" and not os.path.lexists(root / rel):
-                # Removed since listed; a container is no root of the graph (its mount
-                # record is), so this is as if containers/ were listed a moment later.
-                findings.append(Finding(str(rel), "vanished", "container vanished while read"))
-                continue
-            unreadable.append(entry.name)
-            findings.append(Finding(str(rel / "config.v2.json"), exc.kind, f"container {exc}"))
-        except ValueError as exc:
-            unreadable.append(entry.name)
+    try:
+        for entry in entries:
+            _read_one(cfd, entry.name, containers, unreadable, findings)
+    finally:
+        os.close(cfd)
+    return ContainerStore(tuple(containers), tuple(unreadable), tuple(findings))
+
+
+def _read_one(
+    cfd: int,
+    name: str,
+    containers: list[ContainerRecord],
+    unreadable: list[str],
+    findings: list[Finding],
+) -> None:
+    rel = Path("containers") / name
+    if not is_hex64(name):
+        findings.append(Finding(str(rel), "unknown-entry", "not a container id; kept"))
+        return
+    try:
+        record = _parse(name, _read_config(cfd, name))
+        containers.append(record)
+        if not record.id_matches:
             findings.append(
                 Finding(
-                    str(rel / "config.v2.json"), "bad-json", f"container config unusable: {exc}"
+                    str(rel / "config.v2.json"),
+                    "bad-format",
+                    "config's ID or State does not fit this container",
                 )
             )
-    return ContainerStore(tuple(containers), tuple(unreadable), tuple(findings))
+    except UnreadableFile as exc:
+        if exc.kind == "missing" and not lexists_at(name, cfd):
+            # Removed since listed; a container is no root of the graph (its mount
+            # record is), so this is as if containers/ were listed a moment later.
+            findings.append(Finding(str(rel), "vanished", "container vanished while read"))
+            return
+        unreadable.append(name)
+        where = exc.where or str(rel / "config.v2.json")
+        findings.append(Finding(where, exc.kind, f"container {exc}"))
+    except ValueError as exc:
+        unreadable.append(name)
+        findings.append(
+            Finding(str(rel / "config.v2.json"), "bad-json", f"container config unusable: {exc}")
+        )

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, list_dir, parse_json, read_bytes, read_text
+from dockergc.store.fsread import (
+    UnreadableFile,
+    open_dir_at,
+    open_dir_in,
+    parse_json,
+    read_bytes,
+    read_text,
+    read_text_in,
+    scan_fd,
+)
 from dockergc.store.ids import chain_ids, is_digest, is_hex64
 
 IMAGE_DIR = Path("image/overlay2")
@@ -36,11 +46,11 @@ def read_tags(root: Path) -> tuple[dict[str, str], list[Finding]]:
     """Parse repositories.json into reference -> image id; a bad file is a finding."""
     rel = IMAGE_DIR / "repositories.json"
     try:
-        doc = parse_json(read_text(root / rel))
+        doc = parse_json(read_text_in(root, rel))
     except UnreadableFile as exc:
         if exc.kind == "missing":
             return {}, []
-        return {}, [Finding(str(rel), exc.kind, f"tags file {exc}")]
+        return {}, [Finding(exc.where or str(rel), exc.kind, f"tags file {exc}")]
     except ValueError as exc:
         why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         return {}, [Finding(str(rel), "bad-json", f"tags file is not JSON: {why}")]
@@ -78,14 +88,24 @@ def _parse_config(data: bytes) -> tuple[str, ...]:
     return tuple(diff_ids)
 
 
-def _read_parent(root: Path, hexid: str) -> tuple[str | None, Finding | None]:
-    rel = IMAGE_DIR / "imagedb/metadata/sha256" / hexid / "parent"
+METADATA = IMAGE_DIR / "imagedb/metadata/sha256"
+
+
+def _read_parent(mfd: int | None, hexid: str) -> tuple[str | None, Finding | None]:
+    """imagedb/metadata/sha256/<id>/parent, through the metadata dir's fd (``mfd``)."""
+    rel = METADATA / hexid / "parent"
+    if mfd is None:
+        return None, None
     try:
-        parent = read_text(root / rel).strip()
+        dfd = open_dir_at(mfd, hexid, str(METADATA / hexid))
+        try:
+            parent = read_text("parent", dir_fd=dfd).strip()
+        finally:
+            os.close(dfd)
     except UnreadableFile as exc:
         if exc.kind == "missing":
             return None, None
-        return None, Finding(str(rel), exc.kind, f"image parent file {exc}")
+        return None, Finding(exc.where or str(rel), exc.kind, f"image parent file {exc}")
     if not is_digest(parent):
         return None, Finding(str(rel), "bad-format", "image parent is not a sha256 digest")
     return parent, None
@@ -97,44 +117,28 @@ def read_images(root: Path) -> ImageStore:
     content = IMAGE_DIR / "imagedb/content/sha256"
     images: list[ImageRecord] = []
     unreadable: list[str] = []
+    cfd = mfd = None
     try:
-        entries = list_dir(root / content)
+        cfd = open_dir_in(root, content)
+        entries = scan_fd(cfd)
     except UnreadableFile as exc:
-        findings.append(Finding(str(content), exc.kind, f"imagedb {exc}"))
-        unreadable.append(str(content))
         entries = []
-    for entry in entries:
-        rel = content / entry.name
-        if not is_hex64(entry.name):
-            # moby's atomic writes leave .tmp-* files after a crash; anything else is unknown.
-            findings.append(Finding(str(rel), "unknown-entry", "not an image id; kept"))
-            continue
-        try:
-            data = read_bytes(root / rel)
-            diff_ids = _parse_config(data)
-        except UnreadableFile as exc:
-            findings.append(Finding(str(rel), exc.kind, f"image config {exc}"))
-            unreadable.append(str(rel))
-            continue
-        except (ValueError, UnicodeDecodeError) as exc:
-            findings.append(Finding(str(rel), "bad-json", f"image config unusable: {exc}"))
-            unreadable.append(str(rel))
-            continue
-        if hashlib.sha256(data).hexdigest() != entry.name:
-            findings.append(
-                Finding(str(rel), "bad-digest", "image config does not match its name; kept")
-            )
-        parent, finding = _read_parent(root, entry.name)
-        if finding:
-            findings.append(finding)
-        images.append(
-            ImageRecord(
-                id="sha256:" + entry.name,
-                diff_ids=diff_ids,
-                chain_ids=tuple(chain_ids(list(diff_ids))),
-                parent=parent,
-            )
-        )
+        if exc.kind != "missing":
+            findings.append(Finding(exc.where or str(content), exc.kind, f"imagedb {exc}"))
+            unreadable.append(str(content))
+    try:
+        mfd = open_dir_in(root, METADATA)
+    except UnreadableFile as exc:
+        where = exc.where or str(METADATA)
+        # Parents are only reported (every image is a root anyway): a finding, once.
+        if exc.kind != "missing" and all(f.path != where for f in findings):
+            findings.append(Finding(where, exc.kind, f"imagedb {exc}"))
+    try:
+        _read_configs(cfd, mfd, entries, images, unreadable, findings)
+    finally:
+        for fd in (cfd, mfd):
+            if fd is not None:
+                os.close(fd)
     known = {img.id for img in images} | {"sha256:" + p.rsplit("/", 1)[-1] for p in unreadable}
     for ref, image_id in tags.items():
         if image_id not in known:
@@ -148,3 +152,47 @@ def read_images(root: Path) -> ImageStore:
     return ImageStore(
         tags=tags, images=tuple(images), unreadable=tuple(unreadable), findings=tuple(findings)
     )
+
+
+def _read_configs(
+    cfd: int | None,
+    mfd: int | None,
+    entries: list[os.DirEntry[str]],
+    images: list[ImageRecord],
+    unreadable: list[str],
+    findings: list[Finding],
+) -> None:
+    content = IMAGE_DIR / "imagedb/content/sha256"
+    for entry in entries:
+        rel = content / entry.name
+        if not is_hex64(entry.name):
+            # moby's atomic writes leave .tmp-* files after a crash; anything else is unknown.
+            findings.append(Finding(str(rel), "unknown-entry", "not an image id; kept"))
+            continue
+        try:
+            assert cfd is not None  # entries come from it
+            data = read_bytes(entry.name, dir_fd=cfd)
+            diff_ids = _parse_config(data)
+        except UnreadableFile as exc:
+            findings.append(Finding(str(rel), exc.kind, f"image config {exc}"))
+            unreadable.append(str(rel))
+            continue
+        except (ValueError, UnicodeDecodeError) as exc:
+            findings.append(Finding(str(rel), "bad-json", f"image config unusable: {exc}"))
+            unreadable.append(str(rel))
+            continue
+        if hashlib.sha256(data).hexdigest() != entry.name:
+            findings.append(
+                Finding(str(rel), "bad-digest", "image config does not match its name; kept")
+            )
+        parent, finding = _read_parent(mfd, entry.name)
+        if finding:
+            findings.append(finding)
+        images.append(
+            ImageRecord(
+                id="sha256:" + entry.name,
+                diff_ids=diff_ids,
+                chain_ids=tuple(chain_ids(list(diff_ids))),
+                parent=parent,
+            )
+        )

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import DIR_FLAGS, UnreadableFile, list_dir, open_dir, read_text
+from dockergc.store.fsread import (
+    DIR_FLAGS,
+    UnreadableFile,
+    list_dir_in,
+    open_dir_in,
+    read_text,
+)
 from dockergc.store.ids import is_digest, is_hex64
 
 LAYERDB = Path("image/overlay2/layerdb")
@@ -71,13 +78,18 @@ class _RecordDir:
         self.findings = findings
         self.fd: int | None = None
         self.vanished = False  # removed between the listing and this read
+        self.symlink = False  # the entry is a symlink: refused, never read through
         if parent_fd is not None:
             try:
                 self.fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
             except FileNotFoundError:
                 self.vanished = True
             except OSError:
-                pass
+                try:
+                    st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                    self.symlink = stat.S_ISLNK(st.st_mode)
+                except OSError:
+                    pass
 
     def __enter__(self) -> _RecordDir:
         return self
@@ -104,6 +116,8 @@ class _RecordDir:
         """The record as a whole cannot be used: say why (a vanished one says so)."""
         if self.vanished:
             kind, message = "vanished", "vanished while read (being removed?)"
+        elif self.symlink:
+            kind, message = "symlink", "is a symlink, not a directory; not followed"
         self.findings.append(Finding(self.rel, kind, message))
 
 
@@ -150,10 +164,14 @@ def _read_mount(dfd: int | None, name: str, findings: list[Finding]) -> MountRec
 
 
 class _Dir:
-    """An fd for a real dir (None when it is not one), closed on exit."""
+    """An fd for the real dir ``root/rel`` (None when it is not one, or a component on
+    the way is a symlink: the listing already reported that), closed on exit."""
 
-    def __init__(self, path: Path) -> None:
-        self.fd = open_dir(path)
+    def __init__(self, root: Path, rel: str) -> None:
+        try:
+            self.fd: int | None = open_dir_in(root, rel)
+        except UnreadableFile:
+            self.fd = None
 
     def __enter__(self) -> int | None:
         return self.fd
@@ -165,9 +183,11 @@ class _Dir:
 
 def _entries(root: Path, rel: Path, findings: list[Finding], failed: list[str]) -> list[str]:
     try:
-        return [e.name for e in list_dir(root / rel)]
+        return [e.name for e in list_dir_in(root, rel)]
     except UnreadableFile as exc:
-        findings.append(Finding(str(rel), exc.kind, f"layerdb dir {exc}"))
+        where = exc.where or str(rel)
+        if all(f.path != where for f in findings):  # a symlinked layerdb/: said once
+            findings.append(Finding(where, exc.kind, f"layerdb dir {exc}"))
         failed.append(str(rel))
         return []
 
@@ -195,7 +215,7 @@ def read_chains(root: Path, names: list[str], detail: bool) -> ChainsPart:
     layers: list[LayerRecord] = []
     removing: list[RemovingRecord] = []
     bad_layers: list[str] = []
-    with _Dir(root / LAYERS_REL) as dfd:
+    with _Dir(root, LAYERS_REL) as dfd:
         for name in names:
             if is_hex64(name):
                 record = _read_layer(dfd, name, findings, detail)
@@ -231,7 +251,7 @@ def read_layers(
     mounts: list[MountRecord] = []
     unreadable: list[str] = []
     names = _entries(root, LAYERDB / "mounts", findings, unreadable)
-    with _Dir(root / MOUNTS_REL) as dfd:
+    with _Dir(root, MOUNTS_REL) as dfd:
         for name in names:
             mount = _read_mount(dfd, name, findings)
             if mount:

@@ -14,7 +14,15 @@ from pathlib import Path
 from sys import intern
 
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import DIR_FLAGS, UnreadableFile, list_dir, open_dir, read_text
+from dockergc.store.fsread import (
+    DIR_FLAGS,
+    UnreadableFile,
+    lexists_at,
+    open_dir,
+    open_dir_in,
+    read_text,
+    scan_fd,
+)
 
 OVERLAY = Path("overlay2")
 SHORT_LINK = re.compile(r"[A-Z2-7]{26}")
@@ -133,12 +141,7 @@ def _read_link(dfd: int, rel: str, findings: list[Finding], layer: bool) -> str 
     return None
 
 
-def _exists(name: str, dfd: int) -> bool:
-    try:
-        os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        return True
-    except OSError:
-        return False
+_exists = lexists_at  # (name, dir fd)
 
 
 def _read_dir(ofd: int, name: str, findings: list[Finding], lowers: _Lowers) -> OverlayDir | None:
@@ -175,7 +178,7 @@ def _read_dir(ofd: int, name: str, findings: list[Finding], lowers: _Lowers) -> 
 def read_short_links(root: Path) -> LinksPart:
     findings: list[Finding] = []
     links: list[ShortLink] = []
-    ofd = open_dir(root / OVERLAY)
+    ofd = _overlay_fd(root)
     lfd = None if ofd is None else open_dir("l", dir_fd=ofd)
     try:
         if lfd is None:
@@ -222,32 +225,55 @@ def read_short_links(root: Path) -> LinksPart:
     return LinksPart(tuple(links), tuple(findings))
 
 
+def _overlay_fd(root: Path) -> int | None:
+    """overlay2/, reached from the root without following a symlink; None if it is not
+    a real dir (the listing reports why)."""
+    try:
+        return open_dir_in(root, OVERLAY)
+    except UnreadableFile:
+        return None
+
+
 def list_overlay(root: Path) -> tuple[list[str], DirsPart]:
     """The layer dir names in overlay2/ (not l/), and what listing it found wrong."""
     try:
-        entries = list_dir(root / OVERLAY)
+        ofd = open_dir_in(root, OVERLAY)
     except UnreadableFile as exc:
-        return [], DirsPart((), (Finding(str(OVERLAY), exc.kind, f"dir {exc}"),), None)
-    try:
-        dev = os.lstat(root / OVERLAY).st_dev if entries else None
-    except OSError:
-        dev = None
+        if exc.kind == "missing":
+            return [], DirsPart((), (), None)
+        finding = Finding(exc.where or str(OVERLAY), exc.kind, f"dir {exc}")
+        return [], DirsPart((), (finding,), None)
     names: list[str] = []
     findings: list[Finding] = []
-    for entry in entries:
-        if entry.name == "l":
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            names.append(entry.name)
-        elif os.path.lexists(entry.path):  # else it vanished since listed: nothing to say
-            findings.append(Finding(f"{OVERLAY}/{entry.name}", "unknown-entry", "not a dir; kept"))
+    try:
+        entries = scan_fd(ofd)
+        dev = os.fstat(ofd).st_dev if entries else None
+        for entry in entries:
+            if entry.name == "l":
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                names.append(entry.name)
+            elif entry.is_symlink():
+                # Never followed: what the dir behind it holds (a lower file naming the
+                # layers it needs) is unread, so a layer-named one freezes the plan.
+                findings.append(
+                    Finding(f"{OVERLAY}/{entry.name}", "symlink", "is a symlink; not followed")
+                )
+            elif _exists(entry.name, ofd):  # else it vanished since listed: nothing to say
+                findings.append(
+                    Finding(f"{OVERLAY}/{entry.name}", "unknown-entry", "not a dir; kept")
+                )
+    except UnreadableFile as exc:
+        return [], DirsPart((), (Finding(str(OVERLAY), exc.kind, f"dir {exc}"),), None)
+    finally:
+        os.close(ofd)
     return names, DirsPart((), tuple(findings), dev)
 
 
 def read_overlay_dirs(root: Path, names: list[str]) -> DirsPart:
     """Read the named layer dirs (a share of overlay2/, perhaps in a child process)."""
     findings: list[Finding] = []
-    ofd = open_dir(root / OVERLAY)
+    ofd = _overlay_fd(root)
     if ofd is None:
         return DirsPart((), (), None)
     try:
