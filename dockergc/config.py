@@ -57,6 +57,8 @@ def load(path: Path, required: bool = False) -> dict[str, Setting]:
         return settings
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses on nested arrays and inline tables
+        raise UsageError(f"config file {path} is nested too deep to parse") from None
     except OSError as exc:
         raise UsageError(f"config file {path} cannot be read: {exc.strerror}") from exc
     for key, value in doc.items():

@@ -6,7 +6,6 @@ are re-exported here for the callers that import them from this module.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from dockergc.host.detect import (
     dockerd_root,
     processes_using,
 )
+from dockergc.store.fsread import parse_json
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -77,7 +77,7 @@ def engine_get(host: str, path: str, timeout: float = 10.0) -> Any:
         body = resp.read()
         if resp.status != 200:
             raise EngineUnavailable(f"{host}{path}: HTTP {resp.status}")
-        return json.loads(body)
+        return parse_json(body)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise EngineUnavailable(f"{host}: {exc}") from exc
     finally:

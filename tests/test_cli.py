@@ -150,3 +150,25 @@ def test_prune_without_a_daemon_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert "needs both" in bad.stderr
     none = run_cli("prune", check=2)
     assert "selects nothing" in none.stderr
+
+
+def test_deep_or_misshapen_files_given_on_the_command_line_are_one_line_usage_errors(
+    tmp_path: Path,
+) -> None:
+    """A plan file or config file nested deeper than Python's parsers take, or a plan of
+    the wrong shape, is exit 2 naming the file: never an internal error."""
+    deep_plan = tmp_path / "deep.json"
+    deep_plan.write_text("[" * 5000 + "]" * 5000)
+    shapeless = tmp_path / "shapeless.json"
+    shapeless.write_text('{"version": 1}')
+    deep_toml = tmp_path / "config.toml"
+    deep_toml.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    cases = [
+        (("apply", str(deep_plan), "--yes"), str(deep_plan)),
+        (("apply", str(shapeless), "--yes"), str(shapeless)),
+        (("--config", str(deep_toml), "plan", "--root", str(tmp_path)), str(deep_toml)),
+    ]
+    for args, named in cases:
+        proc = run_cli(*args, check=2)
+        assert named in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr

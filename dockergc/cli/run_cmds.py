@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json as jsonlib
 import signal
 import sys
 import time
@@ -44,6 +43,7 @@ from dockergc.render.jsonfmt import dumps
 from dockergc.render.prometheus import render_metrics
 from dockergc.render.runs import run_summary, run_to_dict, runs_table
 from dockergc.render.table import TableRenderer
+from dockergc.store.fsread import parse_json
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -133,10 +133,12 @@ def _finish(view: RunView, root: Path, json: bool) -> None:
 
 def _load_plan(path: Path) -> Plan:
     try:
-        return Plan.from_dict(jsonlib.loads(path.read_text(encoding="utf-8")))
+        return Plan.from_dict(parse_json(path.read_text(encoding="utf-8")))  # type: ignore[arg-type]
     except OSError as exc:
         raise PlanFileError(f"cannot read plan {path}: {exc.strerror}") from exc
-    except (ValueError, AttributeError) as exc:
+    except PlanFileError as exc:  # the plan's own checks: say which file
+        raise PlanFileError(f"{path}: {exc}") from exc
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:
         raise PlanFileError(f"{path} is not a dockergc plan: {exc}") from exc
 
 
