@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from dockergc.execute.journal import new_run_id
-from dockergc.relocate import daemonjson
+from dockergc.relocate import daemonjson, executor
 from dockergc.relocate import steps as S
 from dockergc.relocate.plan import Control, plan_relocation
 from tests.conftest import run_cli
@@ -211,7 +211,7 @@ def _rsyncs_into(new: Path) -> list[psutil.Process]:
 
 
 def _only_run(state: Path) -> str:
-    (run_id,) = os.listdir(state / "relocations")
+    (run_id,) = executor.list_runs_in(state)  # beside the runs: the relocations' lock
     return run_id
 
 
@@ -244,3 +244,47 @@ def test_killing_dockergc_alone_kills_its_copy(host: Host, big_file: str, tmp_pa
     run_cli("relocate", "rollback", _only_run(state), "--state-dir", str(state), "--yes")
     assert host.e.config.read_bytes() == host.original
     host.assert_runs_on(host.e.root)
+
+
+# -- the daemon started again on the old root before a resume ----------------------------
+
+
+def test_resume_refuses_while_a_daemon_uses_the_old_root_again(host: Host, tmp_path: Path) -> None:
+    """Killed right after the copy's intent; then someone starts docker on the old root.
+    The resume must not rsync a live root: it refuses (exit 3), nothing changed; once the
+    daemon is stopped again, it finishes."""
+    new, state, run_id = host.disk / "docker", tmp_path / "state", new_run_id()
+    n = LABELS.index("intent-2-copy") + 1
+    relocate_and_kill(state, run_id, host.e.root, new, _plan(host, new, run_id), n)
+    subprocess.run(host.start.split(), check=True)
+    host.e._wait(host.on_old_root, 60, "dockerd on the old root again")
+    journal = executor.journal_for(state, run_id).path
+    before = journal.read_bytes()
+    resume = [sys.executable, "-m", "dockergc", "relocate", "--resume", run_id]
+    proc = subprocess.Popen(
+        [*resume, "--state-dir", str(state), "--yes"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None:
+        copying = new.is_dir() and any(new.iterdir())
+        if copying or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            what = "copied into" if copying else "ran for 60 s over"
+            pytest.fail(f"the resume {what} {new} while dockerd used the old root")
+        time.sleep(0.01)
+    _, err = proc.communicate()
+    assert proc.returncode == 3, err
+    (line,) = err.strip().splitlines()
+    assert f"uses the old root {host.e.root} again; stop it ({host.stop})" in line, line
+    assert journal.read_bytes() == before
+    assert not new.exists()
+    assert host.e.config.read_bytes() == host.original
+    host.assert_runs_on(host.e.root)
+    subprocess.run(host.stop.split(), check=True)  # the operator stops it: the move goes on
+    run_cli(*resume[3:], "--state-dir", str(state), "--yes")
+    host.assert_runs_on(new)

@@ -97,8 +97,9 @@ def relocate(
     states = _state_dir(state_dir)
     if resume:
         journal = executor.journal_for(states, resume)
-        confirm(f"Resume relocation {resume}?", yes)
-        view = executor.resume(journal, _ctx(resume, json))
+        with executor.locked(states, resume):
+            confirm(f"Resume relocation {resume}?", yes)
+            view = executor.resume(journal, _ctx(resume, json))
         typer.echo(dumps(view_dict(view)) if json else view_text(view))
         return
     if to is None:
@@ -133,8 +134,11 @@ def relocate(
         pf.selinux,
         bind,
         config_sha256=pf.config_sha256,
+        target_fs=pf.target_fs,
     )
-    with exclusive(old):
+    # The run's lock is held to its end: a rollback or resume of this run (the latest)
+    # started meanwhile would undo or redo its steps under it.
+    with exclusive(old), executor.locked(states, run_id):
         for unfinished in unfinished_runs(old):
             raise RefusedError(
                 f"gc run {unfinished.run_id} is unfinished; resume or roll it "
@@ -160,8 +164,9 @@ def _after_the_fact(
     state_dir = _state_dir(state_flag)
     rid = run_id or executor.latest(state_dir)
     journal = executor.journal_for(state_dir, rid)
-    confirm(question.format(rid=rid, old=executor.view_of(journal).old), yes)
-    view = act(journal, _ctx(rid, json))
+    with executor.locked(state_dir, rid):
+        confirm(question.format(rid=rid, old=executor.view_of(journal).old), yes)
+        view = act(journal, _ctx(rid, json))
     typer.echo(dumps(view_dict(view)) if json else view_text(view))
     return view
 

@@ -16,7 +16,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,16 @@ from dockergc import daemon
 from dockergc.errors import DockerGCError, RefusedError, UsageError
 from dockergc.execute import safefs
 from dockergc.execute.journal import Journal
+from dockergc.lock import exclusive_file
 from dockergc.registry import Registry
 from dockergc.relocate import daemonjson
 from dockergc.relocate import steps as S
+from dockergc.relocate.targetfs import filesystem_of, mount_of
 from dockergc.relocate.verify import compare
 from dockergc.store.snapshot import read_pins
 
 RELOCATIONS = "relocations"
+LOCK = "lock"  # <state-dir>/relocations/lock: one relocation command at a time
 # --delete makes a re-run converge on an exact copy (a killed rsync leaves its temp files,
 # ".<name>.XXXXXX", in the target); the excluded /.dockergc is protected from it.
 RSYNC = [
@@ -108,8 +112,22 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
+def refuse_if_target_moved(step: S.Copy) -> None:
+    """Refuse unless the target is on the filesystem preflight found it on: with its disk
+    not mounted, mkdir -p and rsync would fill the filesystem beneath (often /)."""
+    if not step.fs:
+        return  # a journal from before the filesystem was recorded
+    now = filesystem_of(Path(step.new))
+    if now != step.fs:
+        raise RefusedError(
+            f"the target {step.new} is no longer on the filesystem it was planned on "
+            f"(planned: {step.fs}; now: {now}); mount it again"
+        )
+
+
 @implementation_for(S.Copy)
 def _copy(step: S.Copy, ctx: Context) -> None:
+    refuse_if_target_moved(step)
     Path(step.new).mkdir(parents=True, exist_ok=True, mode=0o710)
     proc = subprocess.run(
         [*RSYNC, f"{step.old}/", f"{step.new}/"],
@@ -319,6 +337,22 @@ def journal_for(state_dir: Path, run_id: str) -> Journal:
     return Journal(state_dir, run_id, base=RELOCATIONS)
 
 
+@contextmanager
+def locked(state_dir: Path, run_id: str) -> Iterator[None]:
+    """Hold ``<state-dir>/relocations/lock`` for a whole relocation command (relocate,
+    --resume, rollback, finalize); refuse (exit 3, naming the run that holds it) if
+    another holds it. It lives outside both roots: a lock file under the old root would be
+    inside --bind mode's mount, and its unmount would fail "target is busy"."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with exclusive_file(state_dir / RELOCATIONS / LOCK, f"relocation {run_id}"):
+        yield
+
+
+def daemons_on(old: Path) -> str:
+    """The daemons that use ``old`` ("" when none does), for a refusal."""
+    return "; ".join(d.describe() for d in daemon.daemons_using(old))
+
+
 def begin(state_dir: Path, run_id: str, old: Path, new: Path, plan: list[S.Step]) -> Journal:
     journal = journal_for(state_dir, run_id)
     journal.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -330,13 +364,16 @@ def begin(state_dir: Path, run_id: str, old: Path, new: Path, plan: list[S.Step]
 
 def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
     """Perform the planned steps from ``start``; roll back on the first failure."""
-    plan = [S.step_from_dict(d) for d in _begin(journal)["steps"]]
+    head = _begin(journal)
+    plan, old = [S.step_from_dict(d) for d in head["steps"]], Path(head["old"])
     for i in range(start, len(plan)):
         step = plan[i]
         journal.append({"type": "intent", "seq": i, "step": S.step_dict(step)})
         ctx.progress(f"[{i + 1}/{len(plan)}] {step.name}")
         t0 = time.monotonic()
         try:
+            if isinstance(step, S.NEEDS_STOPPED) and (users := daemons_on(old)):
+                raise RefusedError(f"{users} uses the old root {old} again")
             if ctx.before_step:
                 ctx.before_step(step)
             perform(step, ctx)
@@ -465,8 +502,32 @@ def resume(journal: Journal, ctx: Context) -> RelocationView:
     if view.state != "running":
         raise UsageError(f"relocation {journal.run_id} is {view.state}; nothing to resume")
     first = next((i for i, s in enumerate(view.steps) if not s["done"]), len(view.steps))
+    plan = [S.step_from_dict(d) for d in _begin(journal)["steps"]]
+    refuse_unsafe_resume(journal.run_id, Path(view.old), plan, first)
     journal.append({"type": "resume", "from": first})
     return run(journal, ctx, start=first)
+
+
+def refuse_unsafe_resume(run_id: str, old: Path, plan: list[S.Step], first: int) -> None:
+    """Before a resume writes anything: the target must be on the filesystem it was
+    planned on, and once the daemon was stopped no daemon may use the old root again.
+
+    A daemon started after dockergc died (by the operator, systemd, socket activation)
+    is refused, not stopped again: rsync would copy a live root, and whoever started it
+    may have meant to (service back, the move given up); a second downtime is the
+    operator's call, made with the stop command, not a resume's."""
+    for step in plan:  # every later step (verify, switch, start) needs the copy there
+        if isinstance(step, S.Copy):
+            refuse_if_target_moved(step)
+    pending = plan[first:]
+    if not pending or isinstance(pending[0], S.StopDaemon):
+        return  # the resume starts by stopping it
+    if any(isinstance(s, S.NEEDS_STOPPED) for s in pending) and (users := daemons_on(old)):
+        stop = next((s.cmd for s in plan if isinstance(s, S.StopDaemon)), "")
+        raise RefusedError(
+            f"refusing to resume relocation {run_id}: {users} uses the old root {old} "
+            f"again; stop it ({stop or 'the stop command'}), then resume, or roll back"
+        )
 
 
 def finalize(journal: Journal, ctx: Context) -> RelocationView:
@@ -503,19 +564,9 @@ def _remove_shadowed(old: Path) -> None:
     filesystem holding them shows them (submounts are not carried), so remove them there."""
     import tempfile
 
-    from dockergc.store.mountinfo import parse_mountinfo
-
-    with open("/proc/self/mountinfo", errors="surrogateescape") as fh:
-        entries = parse_mountinfo(fh.read())
-    parent = str(old.parent)
-    holder = max(
-        (
-            e
-            for e in entries
-            if parent == e.mount_point or parent.startswith(e.mount_point.rstrip("/") + "/")
-        ),
-        key=lambda e: len(e.mount_point),
-    )
+    holder = mount_of(str(old.parent))
+    if holder is None:
+        raise RelocationFailed(f"no mount holds {old.parent} in /proc/self/mountinfo")
     view = Path(tempfile.mkdtemp(prefix="dockergc-shadow-"))
     daemon.run_command(shlex.join(["mount", "--bind", holder.mount_point, str(view)]))
     try:

@@ -27,16 +27,18 @@ def plan_relocation(
     bind: bool = False,
     *,
     config_sha256: str | None,
+    target_fs: str = "",
 ) -> list[S.Step]:
     """The steps; with ``bind`` the path stays: the copy is bind-mounted over the old root
     and daemon.json is left alone. ``config_sha256`` is the sha256 of daemon.json as
     preflight read it, None when there is none: the journal's record of the original,
-    against which every later write and undo of daemon.json is checked."""
+    against which every later write and undo of daemon.json is checked. ``target_fs`` is
+    the filesystem preflight found the target on (targetfs.filesystem_of)."""
     config, backup = str(control.config), f"{control.config}.dockergc-{run_id}.bak"
     plan: list[S.Step] = [
         S.StopDaemon(control.stop_cmd, control.start_cmd, control.host, str(old)),
         S.WaitIdle(str(old)),
-        S.Copy(str(old), str(new)),
+        S.Copy(str(old), str(new), target_fs),
         S.VerifyCopy(str(old), str(new)),
     ]
     if not bind:

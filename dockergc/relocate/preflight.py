@@ -20,6 +20,7 @@ import psutil
 
 from dockergc.measure import measure
 from dockergc.relocate import daemonjson
+from dockergc.relocate.targetfs import filesystem_of
 from dockergc.store.fsread import UnreadableFile, read_text
 
 MARGIN_BYTES = 512 * 2**20
@@ -45,6 +46,7 @@ class Preflight:
     running: list[str] = field(default_factory=list)
     selinux: bool = False
     config_sha256: str | None = None  # daemon.json as read here; None: there is none
+    target_fs: str = ""  # the filesystem the target is on (targetfs.filesystem_of)
 
     @property
     def ok(self) -> bool:
@@ -200,6 +202,7 @@ def selinux_enforcing() -> bool:
 def preflight(old: Path, new: Path, config: Path, running: list[str]) -> Preflight:
     pf = Preflight(old=str(old), new=str(new), bytes_to_copy=0, entries=0, running=running)
     check_paths(pf, old, new)
+    pf.target_fs = filesystem_of(new)
     if pf.ok:
         check_capabilities(pf, new)
         check_space(pf, old, new)

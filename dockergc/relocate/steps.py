@@ -44,8 +44,13 @@ class WaitIdle:
 
 @dataclass(frozen=True)
 class Copy:
+    """rsync the old root into ``new``, on the filesystem ``fs`` preflight found it on
+    (targetfs.filesystem_of; "" in journals from before it was recorded): never onto the
+    filesystem beneath a disk that is no longer mounted."""
+
     old: str
     new: str
+    fs: str = ""
     name: str = "copy"
 
     def reverse(self) -> Step:
@@ -193,6 +198,18 @@ Step = (
     | RestoreConfig
     | PostVerify
     | Noop
+)
+# Steps that need the daemon stopped. The executor re-checks before each that no daemon
+# uses the old root (someone may have started it again), and a resume refuses if one does.
+# WaitIdle is not one: it waits for the root's users to go.
+NEEDS_STOPPED = (
+    Copy,
+    VerifyCopy,
+    RewritePaths,
+    Relabel,
+    BindMount,
+    BackupConfig,
+    SwitchConfig,
 )
 STEP_TYPES: dict[str, type[Step]] = {
     t.name: t
