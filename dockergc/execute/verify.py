@@ -8,7 +8,6 @@ each move, what an in-flight operation can own, on the filesystem's own clock.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from dockergc.execute import safefs
 from dockergc.graph import Graph, mark
+from dockergc.host.detect import holders_under
 from dockergc.plan import Action, Candidate, candidates
 from dockergc.store.mountinfo import MountTable, read_all_namespaces
 from dockergc.store.snapshot import Snapshot, gather, read_pins
@@ -318,30 +318,14 @@ class LiveWatch:
 
 
 def held_open(root: Path, rel: str) -> str | None:
-    """Which process has a file, its cwd or its root under ``rel`` now (read from
-    /proc/*/fd, cwd, root); None if none. A process that ends mid-scan is skipped."""
-    target = f"{root}/{rel}"
-    me = str(os.getpid())
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or pid == me:
-            continue
-        base = f"/proc/{pid}"
-        links = {f"{base}/cwd": "its cwd", f"{base}/root": "its root"}
-        with contextlib.suppress(OSError):  # gone, or not ours to read
-            links |= {f"{base}/fd/{fd}": f"fd {fd}" for fd in os.listdir(f"{base}/fd")}
-        for link, what in links.items():
-            try:
-                path = os.readlink(link).removesuffix(" (deleted)")
-            except OSError:
-                continue
-            if path == target or path.startswith(target + "/"):
-                return f"in use now: pid {pid} ({_comm(base)}) holds {path} ({what})"
-    return None
-
-
-def _comm(base: str) -> str:
+    """Which process has ``rel`` or anything under it as its cwd, its root or an open
+    file now; None if none. Compared by identity in each process's own mount namespace
+    (a bind alias of the root, a private namespace), one pass over /proc per call."""
     try:
-        with open(f"{base}/comm") as fh:
-            return fh.read().strip()
-    except OSError:
-        return "?"
+        st = safefs.lstat_at(str(root), rel)
+    except (safefs.UnsafePath, OSError) as exc:
+        return f"cannot be checked for open files: {exc}"
+    if st is None:
+        return None  # gone: the move finds out and says so
+    holder = next(holders_under((st.st_dev, st.st_ino)), None)
+    return f"in use now: {holder.describe()}" if holder else None

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from dockergc.host.procfs import GONE, FileId, Proc, file_id, flag
+from dockergc.host.procfs import DELETED, GONE, FileId, Proc, file_id, flag
 
 DEFAULT_ROOT = "/var/lib/docker"
 DEFAULT_CONFIG = "/etc/docker/daemon.json"
@@ -145,7 +146,7 @@ class _Scan:
             same = "" if shown == self.root else f", the same directory as {self.root}"
             how = f"uses {shown}{same} ({'; '.join(notes)})"
         else:
-            if not self._dir_inside(p, "", found.path, {}):
+            if not _dir_inside(p.root, "", found.path, self.target, {}):
                 return True, None
             notes = [n for n in notes if n != "bind mount"]
             how = f"keeps its root {shown} inside {self.root} ({'; '.join(notes)})"
@@ -156,9 +157,11 @@ class _Scan:
         files = p.files_on(self.target[0])
         if not files:
             return None
-        ns = p.mount_ns() + "|" + os.readlink(p.root)
+        ns = _namespace(p)
         for kind, path, ident in files:
-            if ident == self.target or self._dir_inside(p, ns, os.path.dirname(path), cache):
+            if ident == self.target or _dir_inside(
+                p.root, ns, os.path.dirname(path), self.target, cache
+            ):
                 exe = p.exe()
                 name = os.path.basename(exe) or p.comm()
                 what = f"has its cwd in {path}" if kind == "cwd" else f"has {path} open"
@@ -166,25 +169,34 @@ class _Scan:
                 return DaemonProcess(p.pid, name, path, exe, how, "process")
         return None
 
-    def _dir_inside(self, p: Proc, ns: str, path: str, cache: dict[tuple[str, str], bool]) -> bool:
-        """Is ``path`` (in p's namespace) the root or under it? Each ancestor's identity
-        is compared; answers are cached per namespace."""
-        seen: list[str] = []
-        answer = False
-        while True:
-            if (ns, path) in cache:
-                answer = cache[(ns, path)]
-                break
-            seen.append(path)
-            if file_id(p.root + path) == self.target:
-                answer = True
-                break
-            if path == "/":
-                break
-            path = os.path.dirname(path)
-        for walked in seen:
-            cache[(ns, walked)] = answer
-        return answer
+
+def _namespace(p: Proc) -> str:
+    """What a path in ``p``'s terms depends on: its mount namespace and its root."""
+    return p.mount_ns() + "|" + os.readlink(p.root)
+
+
+def _dir_inside(
+    base: str, ns: str, path: str, target: FileId, cache: dict[tuple[str, str], bool]
+) -> bool:
+    """Is ``path`` (a name in namespace ``ns``, resolved from ``base``: a process's root)
+    the directory ``target`` or under it? Each ancestor is compared by identity; answers
+    are cached per namespace (one cache per ``target``)."""
+    seen: list[str] = []
+    answer = False
+    while True:
+        if (ns, path) in cache:
+            answer = cache[(ns, path)]
+            break
+        seen.append(path)
+        if file_id(base + path) == target:
+            answer = True
+            break
+        if path == "/":
+            break
+        path = os.path.dirname(path)
+    for walked in seen:
+        cache[(ns, walked)] = answer
+    return answer
 
 
 def _pids(proc: Path) -> list[int]:
@@ -251,3 +263,103 @@ def daemons_using(root: Path, proc: Path = PROC) -> list[DaemonProcess]:
 def processes_using(root: Path, proc: Path = PROC) -> list[str]:
     """Daemons of this root, and every process whose cwd or open files lie in it."""
     return sorted({d.describe() for d in scan(root, proc, every_file=True)})
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A process that holds something inside a directory."""
+
+    pid: int
+    comm: str
+    path: str  # as the process names it
+    what: str  # "fd K", "its cwd" or "its root"
+
+    def describe(self) -> str:
+        return f"pid {self.pid} ({self.comm}) holds {self.path} ({self.what})"
+
+
+def holders_under(target: FileId, proc: Path = PROC) -> Iterator[Holder]:
+    """Each process whose cwd, root or an open file is the directory ``target`` (st_dev,
+    st_ino) or lies under it, in one pass over /proc, found lazily (a caller that needs
+    one stops there). Names are never compared: an open file's ancestors are resolved in
+    its process's own namespace and compared by identity, so a bind alias or a private
+    mount namespace hides nothing. Only files on ``target``'s device are walked up. A
+    process that ends or cannot be read meanwhile is skipped; so is this one.
+
+    Mounts are not looked at: a namespace whose top, or a mount in it, is ``target`` or
+    lies in it (a bind mount of a dir inside it, say) is what ``read_pins`` reports, and
+    callers check that first."""
+    seen = _Seen(target)
+    me = os.getpid()
+    for pid in _pids(proc):
+        if pid == me:
+            continue
+        p = Proc(proc, pid)
+        try:
+            held = seen.held_by(p)
+        except GONE:
+            continue
+        if held is not None:
+            try:
+                comm = p.comm()
+            except GONE:
+                comm = "?"
+            yield Holder(pid, comm, *held)
+
+
+@dataclass
+class _Seen:
+    """One pass of ``holders_under``: what each name means, per namespace.
+
+    A name in a namespace (its mount namespace and root) is one place for the whole
+    pass: most processes share their cwd and many share files, so each is stat'ed and
+    walked up once. Links are read before they are stat'ed: pipes, sockets and anonymous
+    inodes (half of all fds) then cost one readlink, no more than a name comparison."""
+
+    target: FileId
+    names: dict[tuple[str, str], bool] = field(default_factory=dict)  # (ns, link text)
+    dirs: dict[tuple[str, str], bool] = field(default_factory=dict)  # _dir_inside's
+
+    def held_by(self, p: Proc) -> tuple[str, str] | None:
+        """(path, what) of the first thing ``p`` holds under the target, else None."""
+        root = os.readlink(p.root)
+        if root == "/":
+            # The top of its mount tree: nothing above it to be inside (a namespace whose
+            # top is a bind mount of a dir in the data root pins that dir through the
+            # mount check, which runs first). Names start from it.
+            return self._files(p, p.root, root)
+        under, top = p.climb(self.target)
+        try:
+            if under:
+                return root, "its root"
+            # Chrooted: /proc names its files from the top of its mount tree, not its root.
+            return self._files(p, f"/proc/self/fd/{top}", root)
+        finally:
+            os.close(top)
+
+    def _files(self, p: Proc, base: str, root: str) -> tuple[str, str] | None:
+        ns = ""
+        for what, link in p.links():
+            try:
+                named = os.readlink(link)
+                if named == "/" or not named.startswith("/"):
+                    continue  # the top (see above), or pipe:[…], socket:[…], anon_inode:…
+                ns = ns or p.mount_ns() + "|" + root
+                held = self.names.get((ns, named))
+                if held is None:
+                    held = self.names[(ns, named)] = self._under(base, ns, link, named)
+            except OSError:
+                continue  # closed meanwhile
+            if held:
+                return named.removesuffix(DELETED), "its cwd" if what == "cwd" else what
+        return None
+
+    def _under(self, base: str, ns: str, link: str, named: str) -> bool:
+        st = os.stat(link)
+        if (st.st_dev, st.st_ino) == self.target:
+            return True
+        if st.st_dev != self.target[0]:
+            return False  # another filesystem: a mount inside the dir is the mount check's
+        # An unlinked file is named as it was: its directory is still where it was written.
+        parent = os.path.dirname(named.removesuffix(DELETED))
+        return _dir_inside(base, ns, parent, self.target, self.dirs)

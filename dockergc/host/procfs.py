@@ -22,6 +22,8 @@ GONE = (OSError, ValueError)
 FileId = tuple[int, int]
 MAX_SYMLINKS = 40
 MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 4096  # directory levels climbed by '..' before giving up
+DELETED = " (deleted)"  # what /proc adds to the name of an unlinked file
 
 
 def file_id(path: str) -> FileId | None:
@@ -126,7 +128,7 @@ class Proc:
             target = os.readlink(self.dir + "/exe")
         except FileNotFoundError:
             return ""
-        return target.removesuffix(" (deleted)")
+        return target.removesuffix(DELETED)
 
     def comm(self) -> str:
         return self._read("comm").decode(errors="replace").strip()
@@ -159,13 +161,16 @@ class Proc:
         except OSError:
             return None
 
+    def links(self) -> list[tuple[str, str]]:
+        """("cwd" or "fd N", its /proc link) for its cwd and each open file."""
+        fds = os.listdir(self.dir + "/fd")
+        return [("cwd", self.dir + "/cwd"), *((f"fd {n}", f"{self.dir}/fd/{n}") for n in fds)]
+
     def files_on(self, dev: int) -> list[tuple[str, str, FileId]]:
-        """("cwd" or "open", path in its namespace, identity) of the cwd and each open
+        """("cwd" or "fd N", path in its namespace, identity) of the cwd and each open
         file that lies on device ``dev`` (one stat per fd; only those are read further)."""
         out: list[tuple[str, str, FileId]] = []
-        links = [("cwd", self.dir + "/cwd")]
-        links += [("open", f"{self.dir}/fd/{fd}") for fd in os.listdir(self.dir + "/fd")]
-        for kind, link in links:
+        for kind, link in self.links():
             try:
                 st = os.stat(link)
                 if st.st_dev != dev:
@@ -173,6 +178,29 @@ class Proc:
                 target = os.readlink(link)
             except OSError:
                 continue  # closed meanwhile
-            if target.startswith("/") and not target.endswith(" (deleted)"):
+            if target.startswith("/") and not target.endswith(DELETED):
                 out.append((kind, target, (st.st_dev, st.st_ino)))
         return out
+
+    def climb(self, target: FileId) -> tuple[bool, int]:
+        """Walk up from its root directory by ``..`` (its own namespace has no name for
+        what lies above its root), comparing each directory with ``target``: (whether
+        it was met, an O_PATH fd where the walk stopped). Unless ``target`` was met, that
+        is the top of its mount tree, where the names /proc gives its files start from
+        when it runs chrooted. The caller closes the fd."""
+        fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            last: FileId | None = None
+            for _ in range(MAX_DEPTH):
+                st = os.fstat(fd)
+                here = (st.st_dev, st.st_ino)
+                if here in (target, last):  # met, or ".." led back: the top
+                    return here == target, fd
+                last = here
+                up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = up
+        except BaseException:
+            os.close(fd)
+            raise
+        return False, fd
