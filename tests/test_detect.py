@@ -98,9 +98,10 @@ def test_containerd_rooted_inside_the_data_root(tmp_path: Path, root: Path) -> N
     toml.write_text(f'version = 2\nroot = "{root}/containerd/daemon"\n')
     fake_proc(proc, 5, ["/usr/bin/containerd", "--config", str(toml)])
     fake_proc(proc, 6, ["/usr/bin/containerd-shim-runc-v2", "-id", "x"], cwd=root)
-    [d] = daemons_using(root, proc)
+    d, shim = daemons_using(root, proc)
     assert (d.pid, d.kind) == (5, "containerd")
     assert f"keeps its root {root}/containerd/daemon inside {root}" in d.describe()
+    assert (shim.pid, shim.kind) == (6, "process")  # not a daemon by name; it holds the root
 
 
 def test_a_daemon_by_any_name_is_found_by_its_open_files(tmp_path: Path, root: Path) -> None:
@@ -120,12 +121,44 @@ def test_a_daemon_by_any_name_is_found_by_its_open_files(tmp_path: Path, root: P
     assert len(users) == 2 and any(f"has its cwd in {root}/volumes" in u for u in users)
 
 
-def test_a_named_daemon_spares_the_walk_of_open_files(tmp_path: Path, root: Path) -> None:
+def test_every_process_is_checked_by_what_it_holds(tmp_path: Path, root: Path) -> None:
+    """A daemon found by name does not spare the others the check of their open files."""
     proc = tmp_path / "proc"
     fake_proc(proc, 20, ["/usr/sbin/dockerd", "--data-root", str(root)])
     fake_proc(proc, 21, ["/tmp/storaged"], fds=(root / "volumes/metadata.db",))
-    assert [d.pid for d in daemons_using(root, proc)] == [20]
-    assert len(processes_using(root, proc)) == 2  # processes_using always looks
+    assert [d.pid for d in daemons_using(root, proc)] == [20, 21]
+    assert len(processes_using(root, proc)) == 2
+
+
+def test_a_daemon_whose_config_was_edited_is_found_by_what_it_holds(
+    tmp_path: Path, root: Path
+) -> None:
+    """daemon.json now names another root (a move being prepared): the dockerd still
+    running on this one is found by its open databases, and says why it was missed."""
+    proc, other = tmp_path / "proc", tmp_path / "new"
+    other.mkdir()
+    cfg = tmp_path / "daemon.json"
+    cfg.write_text(json.dumps({"data-root": str(other)}))
+    db = root / "volumes/metadata.db"
+    fake_proc(proc, 50, ["/usr/sbin/dockerd", "--config-file", str(cfg)], fds=(db,))
+    fake_proc(proc, 51, ["/usr/bin/containerd", "--root", str(other)], cwd=root)
+    d, ctd = daemons_using(root, proc)
+    assert (d.pid, d.name, d.kind) == (50, "dockerd", "dockerd")
+    assert d.describe().startswith(f"dockerd (pid 50, /usr/sbin/dockerd) has {db} open")
+    assert "its configuration names another root" in d.describe()
+    assert "it may have been edited after it started" in d.describe()
+    assert (ctd.pid, ctd.kind) == (51, "containerd")
+    assert f"has its cwd in {root}; its command line names another root" in ctd.describe()
+
+
+def test_a_shell_in_the_root_is_not_called_a_daemon(tmp_path: Path, root: Path) -> None:
+    proc = tmp_path / "proc"
+    fake_proc(proc, 60, ["/bin/sh"], cwd=root / "volumes")
+    fake_proc(proc, 61, ["/usr/bin/less"], fds=(root / "volumes/metadata.db",))
+    sh, less = (d.describe() for d in daemons_using(root, proc))
+    assert sh.startswith(f"sh (pid 60, /bin/sh) has its cwd in {root}/volumes (found by")
+    assert f"has {root}/volumes/metadata.db open (found by its files" in less
+    assert "uses" not in sh + less
 
 
 def test_a_process_that_vanishes_or_is_unreadable_is_skipped(tmp_path: Path, root: Path) -> None:
@@ -150,5 +183,75 @@ def test_relative_data_root_is_resolved_against_the_daemon_cwd(tmp_path: Path, r
     proc = tmp_path / "proc"
     fake_proc(proc, 40, ["/usr/bin/dockerd", "--data-root", "./docker"], cwd=tmp_path)
     fake_proc(proc, 41, ["/usr/bin/dockerd", "--data-root", "./docker"], cwd=root)
-    [d] = daemons_using(root, proc)
+    d, held = daemons_using(root, proc)
     assert d.pid == 40 and f"uses {root} (--data-root, relative to its cwd" in d.describe()
+    assert held.pid == 41 and f"has its cwd in {root}; its command" in held.describe()
+
+
+@pytest.mark.parametrize(
+    ("argv", "root"),
+    [
+        (["-g/a"], "/a"),
+        (["-g=/a"], "/a"),
+        (["-g", "/a"], "/a"),
+        (["-Dg", "/a"], "/a"),
+        (["-Dg/a"], "/a"),
+        (["-Dg=/a"], "/a"),
+        (["--data-root=/a"], "/a"),
+        (["--data-root", "/a"], "/a"),
+        (["--graph", "/a"], "/a"),
+        (["-D", "-g", "/b", "--debug", "-g/a"], "/a"),  # the last one counts
+        (["-H", "-g", "--data-root", "/a"], "/a"),  # -H takes "-g" as its value
+        (["--debug", "--data-root", "/a", "-l", "info"], "/a"),
+        (["-Hunix:///x.sock", "-Ds", "overlay2", "-g", "/a"], "/a"),
+        (["--", "-g/a"], "/var/lib/docker"),
+        (["-D"], "/var/lib/docker"),
+    ],
+)
+def test_dockerd_flags_are_parsed_as_pflag_does(argv: list[str], root: str) -> None:
+    assert dockerd_root([*argv, "--config-file", "/nonexistent"]) == root
+
+
+CHROOTED = (
+    "import os, sys, time\n"
+    "f = open(sys.argv[1]) if sys.argv[1] != '-' else None\n"
+    "os.chroot(sys.argv[2]); os.chdir('/')\n"
+    "print('ready', flush=True); time.sleep(60)\n"
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chroot)")
+def test_a_chrooted_process_is_found_by_what_it_holds(tmp_path: Path, root: Path) -> None:
+    """/proc names a chrooted process's files from the top of its mount tree, not from its
+    root: one chrooted beside the root with a file open in it, one chrooted inside it, and
+    a containerd chrooted in R/containerd with --root /daemon, are all found."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "chrooted.py"
+    script.write_text(CHROOTED)
+    (tmp_path / "jail").mkdir()
+    (root / "containerd" / "daemon").mkdir(parents=True)
+    db = root / "volumes" / "metadata.db"
+    runs = [
+        [sys.executable, str(script), str(db), str(tmp_path / "jail")],
+        [sys.executable, str(script), "-", str(root / "volumes")],
+        ["containerd", str(script), "-", str(root / "containerd"), "--root", "/daemon"],
+    ]
+    procs = [
+        subprocess.Popen(a, executable=sys.executable, stdout=subprocess.PIPE, text=True)
+        for a in runs
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        found = {d.pid: d for d in daemons_using(root)}
+        beside, inside, ctd = (found[p.pid] for p in procs)
+        assert f"has {db} open (found by its files" in beside.describe()
+        assert f"has its root in {root}/volumes (found by its files" in inside.describe()
+        assert ctd.kind == "containerd"
+        assert f"keeps its root /daemon inside {root}" in ctd.describe()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

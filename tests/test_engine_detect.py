@@ -35,6 +35,8 @@ class Case:
     cwd: Path | None = None
     gc_root: Path | None = None
     name: str = "dockerd"  # what the refusal must call the process
+    then: Callable[[], None] | None = None  # done once the daemon runs
+    says: str = ""  # what else the refusal must say
 
     @property
     def base(self) -> Path:
@@ -76,6 +78,17 @@ def data_root(c: Case) -> None:
 
 def legacy_g(c: Case) -> None:
     c.argv = [DOCKERD, "-g", str(c.root), *c.flags()]
+
+
+def legacy_g_attached(c: Case) -> None:
+    c.argv = [DOCKERD, f"-g{c.root}", *c.flags()]
+
+
+def json_edited_after_start(c: Case) -> None:
+    """daemon.json names another root once dockerd runs (a move being prepared)."""
+    c.argv = [DOCKERD, *c.flags({"data-root": str(c.root)})]
+    c.then = lambda: c.engine.config.write_text(json.dumps({"data-root": str(c.base / "new")}))
+    c.says = "open; its configuration names another root"
 
 
 def json_data_root(c: Case) -> None:
@@ -144,6 +157,8 @@ def renamed(name: str) -> Callable[[Case], None]:
 WAYS = [
     ("data-root", data_root, True),
     ("legacy-g", legacy_g, True),
+    ("legacy-g-attached", legacy_g_attached, False),
+    ("daemon-json-edited-after-start", json_edited_after_start, False),
     ("daemon-json-data-root", json_data_root, True),
     ("daemon-json-graph", json_graph, True),
     ("symlinked-data-root", symlinked, True),
@@ -211,6 +226,7 @@ def refused(c: Case, pid: int, *args: str) -> None:
     out = run_cli(*args, check=None)
     assert out.returncode == 3, f"{args[0]} exited {out.returncode}:\n{out.stdout}{out.stderr}"
     assert f"{c.name} (pid {pid}" in out.stderr and "--live" in out.stderr, out.stderr
+    assert c.says in out.stderr, out.stderr
     assert state(c.root) == before
 
 
@@ -220,6 +236,8 @@ def test_gc_refuses_a_root_a_daemon_uses(
 ) -> None:
     way(case)
     pid = start(case)
+    if case.then:
+        case.then()
     leftover(case.root)
     root = case.gc_root or case.root
     refused(case, pid, "gc", "--root", str(root), "--config-file", "/x", "--min-age", "0", "--yes")

@@ -8,9 +8,10 @@ whose name contains "dockerd" or "containerd" (dockerd-ce, docker-containerd), s
 aside. Every path is resolved in the daemon's own mount namespace and against its cwd,
 and the directory it reaches is compared with the root by (st_dev, st_ino).
 
-A daemon under any other name is found by what it holds: when no daemon is found by name,
-every other process's cwd and open files are checked (a running dockerd keeps its bbolt
-databases open in the root). dockergc itself and its parents are never counted.
+Every process not found that way, daemons by name included, is then checked by what it
+holds: its cwd, its root and its open files, found by identity as ``holders_under`` finds
+them (a running dockerd keeps its bbolt databases open in the root, whatever its name and
+whatever its daemon.json says today). dockergc itself and its parents are never counted.
 """
 
 from __future__ import annotations
@@ -22,13 +23,68 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dockergc.host.procfs import DELETED, GONE, FileId, Proc, file_id, flag
+from dockergc.host.procfs import DELETED, GONE, FileId, Flags, Proc, climb, file_id, flag
 
 DEFAULT_ROOT = "/var/lib/docker"
 DEFAULT_CONFIG = "/etc/docker/daemon.json"
 CONTAINERD_ROOT = "/var/lib/containerd"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 PROC = Path("/proc")
+# dockerd's flags as its parser (spf13/pflag) knows them: those that take no value, and
+# the shorthands (-g is the hidden, deprecated --graph).
+DOCKERD_FLAGS = Flags(
+    bools=frozenset(
+        "--" + name
+        for name in [
+            "cri-containerd",
+            "debug",
+            "experimental",
+            "help",
+            "icc",
+            "init",
+            "ip-forward",
+            "ip-masq",
+            "ip6tables",
+            "iptables",
+            "ipv6",
+            "live-restore",
+            "no-new-privileges",
+            "raw-logs",
+            "rootless",
+            "selinux-enabled",
+            "tls",
+            "tlsverify",
+            "userland-proxy",
+            "version",
+        ]
+    ),
+    shorts={
+        "b": "--bridge",
+        "D": "--debug",
+        "G": "--group",
+        "H": "--host",
+        "g": "--graph",
+        "h": "--help",
+        "l": "--log-level",
+        "p": "--pidfile",
+        "s": "--storage-driver",
+        "v": "--version",
+    },
+    values=frozenset(
+        [
+            "--bridge",
+            "--group",
+            "--host",
+            "--graph",
+            "--data-root",
+            "--config-file",
+            "--log-level",
+            "--pidfile",
+            "--storage-driver",
+            "--exec-root",
+        ]
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -79,11 +135,12 @@ def _relative(path: str, proc: Proc | None) -> str:
 
 def _dockerd_spec(proc: Proc | None, args: list[str]) -> tuple[str, str]:
     """(the root as dockerd names it, where it is named)."""
-    for name in ("--data-root", "-g", "--graph"):
-        explicit = flag(args, name)
-        if explicit:
-            return explicit, f"{name}{_relative(explicit, proc)}"
-    config = flag(args, "--config-file") or DEFAULT_CONFIG
+    for name in ("--data-root", "--graph"):
+        explicit = DOCKERD_FLAGS.last(args, name)
+        if explicit and explicit[0]:
+            return explicit[0], f"{explicit[1]}{_relative(explicit[0], proc)}"
+    named_config = DOCKERD_FLAGS.last(args, "--config-file")
+    config = named_config[0] if named_config and named_config[0] else DEFAULT_CONFIG
     named = _json_root(_read(proc, config))
     if named:
         return named[0], f"{named[1]} in {config}{_relative(config, proc)}"
@@ -113,24 +170,69 @@ def _kind(names: list[str]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Named:
+    """A process named like a daemon, and what its configuration says its root is."""
+
+    kind: str  # dockerd or containerd
+    name: str
+    exe: str
+    stated: str  # "/new (data-root in /etc/docker/daemon.json)"
+    configured: bool  # named by a config file or the default, not on its command line
+
+
 @dataclass
 class _Scan:
     root: str
     target: FileId
-    proc: Path
     ns: str  # our own mount namespace
+    seen: _Seen
 
-    def named(self, p: Proc) -> tuple[bool, DaemonProcess | None]:
-        """(is it a dockerd/containerd by name, the daemon if it uses the root)."""
+    def check(self, p: Proc) -> DaemonProcess | None:
+        """The process if it uses the root: a daemon by what it names, else (a daemon
+        whose configuration names another root, or any process) by what it holds."""
+        named: _Named | None = None
+        try:
+            named, hit = self.named(p)
+        except GONE:
+            hit = None  # what it names cannot be read; what it holds may still be
+        if hit is not None:
+            return hit
+        held = self.seen.held_by(p)
+        if held is None:
+            return None
+        path, what = held
+        does = {"its cwd": "has its cwd in {}", "its root": "has its root in {}"}
+        done = does.get(what, "has {} open").format(path)
+        if path != self.root and not path.startswith(self.root + "/"):
+            done += f", inside {self.root}"  # another name for it (a bind mount, a chroot)
+        if named is None:
+            exe = p.exe()
+            how = f"{done} (found by its files, not its name)"
+            return DaemonProcess(
+                p.pid, os.path.basename(exe) or p.comm(), path, exe, how, "process"
+            )
+        said = (
+            f"its configuration names another root, {named.stated} — it may have been "
+            "edited after it started"
+            if named.configured
+            else f"its command line names another root, {named.stated}"
+        )
+        return DaemonProcess(p.pid, named.name, path, named.exe, f"{done}; {said}", named.kind)
+
+    def named(self, p: Proc) -> tuple[_Named | None, DaemonProcess | None]:
+        """(the process if it is a dockerd/containerd by name, the daemon if what it names
+        is the root)."""
         exe, args = p.exe(), p.cmdline()
         names = [os.path.basename(exe), os.path.basename(args[0]) if args else ""]
         if not exe:
             names.append(p.comm())
         kind = _kind(names)
         if kind is None:
-            return False, None
+            return None, None
         name = next(n for n in names if n)
         spec, source = (_dockerd_spec if kind == "dockerd" else _containerd_spec)(p, args[1:])
+        named = _Named(kind, name, exe, f"{spec} ({source})", not source.startswith("-"))
         found = p.resolve(spec)
         shown = spec if spec.startswith("/") else found.path
         notes = [source]
@@ -142,32 +244,26 @@ class _Scan:
             notes.append("in its own mount namespace")
         if kind == "dockerd":
             if not found.exists or file_id(p.where(found)) != self.target:
-                return True, None
+                return named, None
             same = "" if shown == self.root else f", the same directory as {self.root}"
             how = f"uses {shown}{same} ({'; '.join(notes)})"
         else:
-            if not _dir_inside(p.root, "", found.path, self.target, {}):
-                return True, None
+            if not _under(p.where(found), self.target):
+                return named, None
             notes = [n for n in notes if n != "bind mount"]
             how = f"keeps its root {shown} inside {self.root} ({'; '.join(notes)})"
-        return True, DaemonProcess(p.pid, name, found.path, exe, how, kind)
+        return named, DaemonProcess(p.pid, name, found.path, exe, how, kind)
 
-    def holding(self, p: Proc, cache: dict[tuple[str, str], bool]) -> DaemonProcess | None:
-        """The process if its cwd or an open file lies in the root."""
-        files = p.files_on(self.target[0])
-        if not files:
-            return None
-        ns = _namespace(p)
-        for kind, path, ident in files:
-            if ident == self.target or _dir_inside(
-                p.root, ns, os.path.dirname(path), self.target, cache
-            ):
-                exe = p.exe()
-                name = os.path.basename(exe) or p.comm()
-                what = f"has its cwd in {path}" if kind == "cwd" else f"has {path} open"
-                how = f"{what}, inside {self.root} (found by its files, not its name)"
-                return DaemonProcess(p.pid, name, path, exe, how, "process")
-        return None
+
+def _under(path: str, target: FileId) -> bool:
+    """Is the directory ``path`` (a host-side name, resolved: no symlink left) ``target``
+    or under it? From its deepest existing directory, walked up by ``..`` (``climb``): a
+    chrooted process's directory is followed above its root, never by names."""
+    while not os.path.isdir(path) and path != os.path.dirname(path):
+        path = os.path.dirname(path)
+    met, fd = climb(path, target)
+    os.close(fd)
+    return met
 
 
 def _namespace(p: Proc) -> str:
@@ -218,51 +314,38 @@ def _ourselves(proc: Path) -> set[int]:
     return pids
 
 
-def scan(root: Path, proc: Path = PROC, every_file: bool = False) -> list[DaemonProcess]:
-    """Daemons using ``root`` by what they name; then, when none is found (or always,
-    with ``every_file``), processes whose cwd or open files lie in it."""
+def scan(root: Path, proc: Path = PROC) -> list[DaemonProcess]:
+    """Every process that uses ``root``, in one pass over /proc: a daemon by what it names
+    (its root), and any process, daemons by name included, by what it holds (its cwd, its
+    root or an open file in the root)."""
     target = file_id(str(root))
     if target is None:
         return []
     ns = Proc(proc, os.getpid()).mount_ns() if proc == PROC else ""
-    s = _Scan(os.path.realpath(root), target, proc, ns)
+    s = _Scan(os.path.realpath(root), target, ns, _Seen(target))
     found: list[DaemonProcess] = []
-    rest: list[Proc] = []
     skip = _ourselves(proc) if proc == PROC else set()
     for pid in _pids(proc):
         if pid in skip:
             continue
-        p = Proc(proc, pid)
         try:
-            is_daemon, hit = s.named(p)
+            hit = s.check(Proc(proc, pid))
         except GONE:
             continue
         if hit is not None:
             found.append(hit)
-        elif not is_daemon:
-            rest.append(p)
-    if found and not every_file:
-        return found
-    cache: dict[tuple[str, str], bool] = {}
-    for p in rest:
-        try:
-            holder = s.holding(p, cache)
-        except GONE:
-            continue
-        if holder is not None:
-            found.append(holder)
     return found
 
 
 def daemons_using(root: Path, proc: Path = PROC) -> list[DaemonProcess]:
-    """Every daemon that uses ``root``: a dockerd whose root is it, a containerd rooted
-    inside it, or (when neither is found) any process holding files in it."""
+    """Every process that uses ``root``: a dockerd whose root is it, a containerd rooted
+    inside it, or any process (a daemon by name or not) holding files in it."""
     return scan(root, proc)
 
 
 def processes_using(root: Path, proc: Path = PROC) -> list[str]:
-    """Daemons of this root, and every process whose cwd or open files lie in it."""
-    return sorted({d.describe() for d in scan(root, proc, every_file=True)})
+    """``daemons_using``, described."""
+    return sorted({d.describe() for d in scan(root, proc)})
 
 
 @dataclass(frozen=True)

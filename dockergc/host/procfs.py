@@ -94,6 +94,65 @@ def flag(args: list[str], *names: str) -> str | None:
     return found
 
 
+@dataclass(frozen=True)
+class Flags:
+    """A command line's flag set as spf13/pflag (dockerd's parser) reads it: the long
+    names that take no value, and what each one-letter shorthand stands for."""
+
+    bools: frozenset[str]
+    shorts: dict[str, str]
+    values: frozenset[str] = frozenset()  # long names that always take the next argument
+
+    def parse(self, args: list[str]) -> list[tuple[str, str, str]]:
+        """(long name, name as typed, value) of each flag, in order: ``--x=V``, ``--x V``,
+        ``-xV``, ``-x=V``, ``-x V``, and grouped shorthands (``-Dg V``, ``-DgV``) where
+        each letter before the one that takes a value is a boolean. ``--`` ends the flags.
+        An unknown long flag takes the next argument unless that looks like a flag; an
+        unknown letter is read as a boolean (pflag would refuse both)."""
+        out: list[tuple[str, str, str]] = []
+        i = 0
+        while i < len(args):
+            arg, i = args[i], i + 1
+            if arg == "--":
+                break
+            if arg.startswith("--"):
+                name, eq, value = arg.partition("=")
+                takes = name in self.values or i < len(args) and not args[i].startswith("-")
+                if not eq and name not in self.bools and i < len(args) and takes:
+                    value, i = args[i], i + 1
+                out.append((name, name, value))
+                continue
+            rest = arg[1:] if arg.startswith("-") else ""
+            while rest:
+                letter, rest = rest[0], rest[1:]
+                name = self.shorts.get(letter, "-" + letter)
+                if name in self.bools or letter not in self.shorts:  # unknown: pflag fails
+                    if rest.startswith("="):  # -D=true
+                        out.append((name, "-" + letter, rest[1:]))
+                        break
+                    out.append((name, "-" + letter, ""))
+                    continue
+                if len(rest) > 1 and rest[0] == "=":
+                    value = rest[1:]
+                elif rest:
+                    value = rest
+                elif i < len(args):
+                    value, i = args[i], i + 1
+                else:
+                    value = ""
+                out.append((name, "-" + letter, value))
+                break
+        return out
+
+    def last(self, args: list[str], name: str) -> tuple[str, str] | None:
+        """(value, name as typed) of the last ``name`` given (pflag keeps the last)."""
+        found = None
+        for long, typed, value in self.parse(args):
+            if long == name:
+                found = value, typed
+        return found
+
+
 class Proc:
     """One process under ``proc`` (normally /proc). Reads raise ``GONE`` errors when the
     process ended or may not be read; callers skip it then."""
@@ -166,41 +225,31 @@ class Proc:
         fds = os.listdir(self.dir + "/fd")
         return [("cwd", self.dir + "/cwd"), *((f"fd {n}", f"{self.dir}/fd/{n}") for n in fds)]
 
-    def files_on(self, dev: int) -> list[tuple[str, str, FileId]]:
-        """("cwd" or "fd N", path in its namespace, identity) of the cwd and each open
-        file that lies on device ``dev`` (one stat per fd; only those are read further)."""
-        out: list[tuple[str, str, FileId]] = []
-        for kind, link in self.links():
-            try:
-                st = os.stat(link)
-                if st.st_dev != dev:
-                    continue
-                target = os.readlink(link)
-            except OSError:
-                continue  # closed meanwhile
-            if target.startswith("/") and not target.endswith(DELETED):
-                out.append((kind, target, (st.st_dev, st.st_ino)))
-        return out
-
     def climb(self, target: FileId) -> tuple[bool, int]:
-        """Walk up from its root directory by ``..`` (its own namespace has no name for
-        what lies above its root), comparing each directory with ``target``: (whether
-        it was met, an O_PATH fd where the walk stopped). Unless ``target`` was met, that
-        is the top of its mount tree, where the names /proc gives its files start from
-        when it runs chrooted. The caller closes the fd."""
-        fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            last: FileId | None = None
-            for _ in range(MAX_DEPTH):
-                st = os.fstat(fd)
-                here = (st.st_dev, st.st_ino)
-                if here in (target, last):  # met, or ".." led back: the top
-                    return here == target, fd
-                last = here
-                up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-                os.close(fd)
-                fd = up
-        except BaseException:
+        """``climb`` from its root directory: unless ``target`` was met, the fd is the top
+        of its mount tree, where the names /proc gives its files start from when it runs
+        chrooted (its own namespace has no name for what lies above its root)."""
+        return climb(self.root, target)
+
+
+def climb(start: str, target: FileId) -> tuple[bool, int]:
+    """Walk up from the directory ``start`` by ``..``, in whatever mount tree it lies
+    (one mount's root leads to where it is mounted), comparing each directory with
+    ``target`` by identity: (whether it was met, an O_PATH fd where the walk stopped, the
+    top of that tree unless ``target`` was met). The caller closes the fd."""
+    fd = os.open(start, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        last: FileId | None = None
+        for _ in range(MAX_DEPTH):
+            st = os.fstat(fd)
+            here = (st.st_dev, st.st_ino)
+            if here in (target, last):  # met, or ".." led back: the top
+                return here == target, fd
+            last = here
+            up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
-            raise
-        return False, fd
+            fd = up
+    except BaseException:
+        os.close(fd)
+        raise
+    return False, fd
