@@ -102,8 +102,9 @@ def inventory(snap: Snapshot, graph: Graph) -> dict[str, Any]:
 
 
 LIVE_HINT = (
-    "stop the daemon first, or pass --live (the nightly timer's mode: long grace period, "
-    "every step re-checked against a fresh graph and every mount)"
+    "stop what uses the root first, or, for a running daemon, pass --live (the nightly "
+    "timer's mode: long grace period, every step re-checked against a fresh graph, every "
+    "mount and every open file)"
 )
 PURGE_HINT = (
     "quarantine is never the daemon's: pass --live to purge while it runs (every item is "
