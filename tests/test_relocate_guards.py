@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shlex
+import shutil
 import signal
 import socketserver
 import subprocess
@@ -163,6 +165,41 @@ def _mount(disk: Path, on: bool) -> None:
     subprocess.run(cmd, check=True)
 
 
+def _dockergc_cli(args: list[str], state: Path, rsync: str) -> subprocess.CompletedProcess[str]:
+    """``dockergc relocate ARGS``; with ``rsync``, the body of a shell script run as
+    rsync (first on PATH)."""
+    env = dict(os.environ)
+    if rsync:
+        bin_dir = state.parent / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        (bin_dir / "rsync").write_text(f"#!/bin/sh\n{rsync}\n")
+        (bin_dir / "rsync").chmod(0o755)
+        env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    relocate = [sys.executable, "-m", "dockergc", "relocate", *args]
+    return subprocess.run(relocate, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _relocate_cli(
+    host: str, config: Path, old: Path, new: Path, state: Path, rsync: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``dockergc relocate --to NEW`` with fake stop/start commands and the fake engine."""
+    args = ["--to", str(new), "--root", str(old), "--config-file", str(config)]
+    args += ["--host", host, "--stop-cmd", "true", "--start-cmd", "true"]
+    return _dockergc_cli([*args, "--state-dir", str(state), "--yes"], state, rsync)
+
+
+def _killed_mid_copy(host: str, config: Path, old: Path, new: Path, state: Path) -> str:
+    """A relocation whose rsync kills dockergc (SIGKILL); its run id."""
+    (old / "volumes/v/_data").mkdir(parents=True)
+    (old / "volumes/v/_data/f").write_bytes(b"data" * 1000)
+    killed = _relocate_cli(host, config, old, new, state, "kill -KILL $PPID\nsleep 60")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (run_id,) = executor.list_runs_in(state)
+    last = executor.journal_for(state, run_id).records()[-1]
+    assert (last["type"], last["step"]["name"]) == ("intent", "copy")  # killed mid-copy
+    return run_id
+
+
 def test_resume_refuses_a_target_whose_disk_is_not_mounted(
     disk: Path, tmp_path: Path, fake_engine: tuple[str, Path]
 ) -> None:
@@ -170,23 +207,9 @@ def test_resume_refuses_a_target_whose_disk_is_not_mounted(
     and writes nothing to the filesystem beneath; mounted again, it finishes."""
     host, config = fake_engine
     old, new, state = _fixture_root(tmp_path), disk / "docker", tmp_path / "state"
-    (old / "volumes/v/_data").mkdir(parents=True)
-    (old / "volumes/v/_data/f").write_bytes(b"data" * 1000)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "rsync").write_text("#!/bin/sh\nkill -KILL $PPID\nsleep 60\n")
-    (bin_dir / "rsync").chmod(0o755)
-    relocate = [sys.executable, "-m", "dockergc", "relocate", "--to", str(new)]
-    relocate += ["--root", str(old), "--config-file", str(config), "--host", host]
-    relocate += ["--stop-cmd", "true", "--start-cmd", "true", "--state-dir", str(state), "--yes"]
-    path = f"{bin_dir}:{os.environ['PATH']}"
-    killed = subprocess.run(relocate, env={**os.environ, "PATH": path}, capture_output=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    (run_id,) = executor.list_runs_in(state)
+    run_id = _killed_mid_copy(host, config, old, new, state)
     journal = executor.journal_for(state, run_id)
     records = journal.path.read_bytes()
-    last = journal.records()[-1]
-    assert (last["type"], last["step"]["name"]) == ("intent", "copy")  # killed mid-copy
     resume = ("relocate", "--resume", run_id, "--state-dir", str(state), "--yes")
     _mount(disk, False)
     try:
@@ -206,3 +229,164 @@ def test_resume_refuses_a_target_whose_disk_is_not_mounted(
     (begin,) = [r for r in journal.records() if r["type"] == "begin"]
     (copy,) = [s for s in begin["steps"] if s["name"] == "copy"]
     assert copy["fs"].startswith("ext4 ") and copy["fs"].endswith(f" at {disk}")  # preflight's
+
+
+# -- runs that must be settled first, a target that is not the copy, the old root's lock --
+
+
+def _one_line(proc: subprocess.CompletedProcess[str], code: int) -> str:
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    return line
+
+
+def test_a_rolled_back_relocation_is_not_rolled_back_again(
+    tmp_path: Path, fake_engine: tuple[str, Path]
+) -> None:
+    """Rolled back, then something put at the target: 'relocate rollback' (the latest run)
+    again is refused, exit 2 (nothing to do), and removes nothing."""
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    assert _relocate_cli(host, config, old, new, state).returncode == 0
+    (run_id,) = executor.list_runs_in(state)
+    run_cli("relocate", "rollback", "--state-dir", str(state), "--yes")
+    assert config.read_bytes() == CONFIG and os.listdir(new) == []
+    (new / "theirs").write_text("put here after the rollback")
+    journal = executor.journal_for(state, run_id)
+    records = journal.path.read_bytes()
+    proc = run_cli("relocate", "rollback", "--state-dir", str(state), "--yes", check=None)
+    line = _one_line(proc, 2)
+    assert f"relocation {run_id} was rolled back already; nothing to roll back" in line
+    assert (new / "theirs").read_text() == "put here after the rollback"
+    assert journal.path.read_bytes() == records and config.read_bytes() == CONFIG
+
+
+def test_rollback_never_empties_a_target_that_is_not_this_runs_copy(
+    tmp_path: Path, fake_engine: tuple[str, Path]
+) -> None:
+    """The copy's marker (.dockergc-relocation-RUN, written before rsync, kept by its
+    --delete, skipped by verify): a target made anew since is left as it is."""
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    assert _relocate_cli(host, config, old, new, state).returncode == 0
+    (run_id,) = executor.list_runs_in(state)
+    marked = [p.is_file() for p in (new / f".dockergc-relocation-{run_id}", old / "x")]
+    subprocess.run(["rm", "-rf", str(new)], check=True)
+    new.mkdir()
+    (new / "theirs").write_text("not the copy")
+    rollback = ("relocate", "rollback", run_id, "--state-dir", str(state), "--yes")
+    proc = run_cli(*rollback, check=None)  # progress lines, then the error
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"does not hold .dockergc-relocation-{run_id}" in line, line
+    assert (new / "theirs").read_text() == "not the copy"
+    assert config.read_bytes() == CONFIG  # the rest of the rollback was done
+    assert marked == [True, False] and not list(old.glob(".dockergc-relocation-*"))
+    (new / "theirs").unlink()  # settled by hand: the rollback finishes
+    assert "rolled-back" in run_cli(*rollback).stdout
+
+
+@pytest.mark.parametrize("state_name", ["running", "rolling-back", "rollback-failed"])
+def test_a_new_relocation_waits_for_an_unfinished_one(
+    tmp_path: Path, fake_engine: tuple[str, Path], state_name: str
+) -> None:
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    earlier = executor.begin(state, "r0", old, tmp_path / "new0", [])
+    earlier.append({"type": "intent", "seq": 0, "step": {"name": "noop"}})
+    if state_name != "running":
+        earlier.append({"type": "rollback-begin"})
+    if state_name == "rollback-failed":
+        earlier.append({"type": "rollback-end", "state": state_name, "failures": ["x"]})
+    line = _one_line(_relocate_cli(host, config, old, new, state), 3)
+    assert f"relocation r0 is unfinished ({state_name}); settle it first with " in line
+    rollback = f"'dockergc relocate rollback r0 --state-dir {state}'"
+    resume = f"'dockergc relocate --resume r0 --state-dir {state}'"
+    assert line.endswith(f"{resume} or {rollback}" if state_name == "running" else rollback)
+    assert executor.list_runs_in(state) == ["r0"] and not new.exists()
+    assert config.read_bytes() == CONFIG
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from dockergc.errors import RefusedError
+from dockergc.lock import exclusive
+try:
+    with exclusive(Path(sys.argv[1])):
+        print("held", flush=True)
+        time.sleep(float(sys.argv[2]))
+except RefusedError:
+    print("refused", flush=True)
+"""
+
+
+def test_resume_rollback_finalize_hold_the_old_roots_gc_lock(
+    tmp_path: Path, fake_engine: tuple[str, Path]
+) -> None:
+    """The gc lock (<old>/.dockergc/lock) is held by --resume, rollback and finalize: no
+    gc changes the old root under a resumed copy, and none of them runs under a gc."""
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    run_id = _killed_mid_copy(host, config, old, new, state)
+    journal = executor.journal_for(state, run_id)
+    hold = [sys.executable, "-c", _HOLD, str(old)]
+
+    def refused_while_a_gc_holds(*args: str) -> None:
+        gc = subprocess.Popen([*hold, "120"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert gc.stdout is not None and gc.stdout.readline() == "held\n"
+            records, before = journal.path.read_bytes(), config.read_bytes()
+            proc = run_cli("relocate", *args, "--state-dir", str(state), "--yes", check=None)
+            line = _one_line(proc, 3)
+            assert f"holds {old}/.dockergc/lock; try again when it ends" in line, line
+            assert journal.path.read_bytes() == records and config.read_bytes() == before
+        finally:
+            gc.kill()
+            gc.wait()
+
+    refused_while_a_gc_holds("--resume", run_id)
+    # A gc that starts during the resumed copy (from the fake rsync) finds the lock held.
+    tried = tmp_path / "gc-during-copy"
+    rsync = f'{shlex.join([*hold, "0"])} > {tried}\nexec {shutil.which("rsync")} "$@"'
+    resume = ["--resume", run_id, "--state-dir", str(state), "--yes"]
+    proc = _dockergc_cli(resume, state, rsync)
+    assert proc.returncode == 0 and "relocated" in proc.stdout, proc.stderr
+    assert tried.read_text() == "refused\n"
+    refused_while_a_gc_holds("rollback", run_id)
+    refused_while_a_gc_holds("finalize", run_id)
+    assert compare(str(old), str(new))[1] == []  # nothing removed from the old root
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_relocation_rolls_back_after_the_step(
+    tmp_path: Path, fake_engine: tuple[str, Path], signum: int
+) -> None:
+    """Ctrl-C or SIGTERM during the copy: the copy finishes and is journaled, then the
+    relocation rolls back (the daemon up on the old root); one line, exit 128+signal."""
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    rsync = shutil.which("rsync")
+    proc = _relocate_cli(host, config, old, new, state, f'kill -{signum} $PPID\nexec {rsync} "$@"')
+    assert proc.returncode == 128 + signum, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    (run_id,) = executor.list_runs_in(state)
+    name = signal.Signals(signum).name
+    assert last == (
+        f"dockergc: relocation {run_id} interrupted ({name}) at verify-copy; "
+        f"rolled back: the daemon runs on {old} again"
+    )
+    journal = executor.journal_for(state, run_id)
+    records = journal.records()
+    done = [r["seq"] for r in records if r["type"] == "done"]
+    assert done == [0, 1, 2]  # stop-daemon, wait-idle, copy: finished, then no step more
+    (fault,) = [r for r in records if r["type"] == "fault"]
+    assert (
+        fault["signal"] == name
+        and records.index(fault)
+        == records.index(next(r for r in records if r["type"] == "done" and r["seq"] == 2)) + 1
+    )  # journaled before the rollback begins
+    undone = [r["step"] for r in records if r["type"] == "undo-done"]
+    assert undone == ["remove-copy", "start-daemon"]
+    assert executor.view_of(journal).state == "rolled-back"
+    assert config.read_bytes() == CONFIG and os.listdir(new) == []

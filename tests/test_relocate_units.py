@@ -40,7 +40,7 @@ def test_every_step_round_trips_and_rollback_reverses_are_the_right_ones(tmp_pat
     for step in plan:
         assert S.step_from_dict(S.step_dict(step)) == step
     backs = {s.name: s.reverse() for s in plan}
-    assert backs["copy"] == S.RemoveCopy("/new")
+    assert backs["copy"] == S.RemoveCopy("/new", ".dockergc-relocation-r1")
     cfg = str(tmp_path / "daemon.json")
     assert backs["switch-config"] == S.RestoreConfig(cfg, f"{cfg}.dockergc-r1.bak", "/new", "ab")
     assert backs["backup-config"] == S.Noop()  # the backup is never removed
@@ -342,3 +342,28 @@ def test_a_rerun_copy_converges_on_an_exact_copy(tmp_path: Path) -> None:
     perform(S.Copy(str(old), str(new)), Context("r"))
     assert compare(str(old), str(new))[1] == []
     assert (new / ".dockergc").is_dir()
+
+
+def test_the_copy_marks_its_target_and_its_undo_empties_only_a_marked_one(
+    tmp_path: Path,
+) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "volumes/v/_data").mkdir(parents=True)
+    (old / "volumes/v/_data/f").write_text("data")
+    copy = S.Copy(str(old), str(new), "", S.marker_for("r"))
+    marker = new / ".dockergc-relocation-r"
+    new.mkdir()
+    (new / "theirs").write_text("put here after preflight")
+    with pytest.raises(RefusedError, match="no longer empty and holds no"):
+        perform(copy, Context("r"))
+    assert os.listdir(new) == ["theirs"]
+    (new / "theirs").unlink()
+    perform(copy, Context("r"))
+    perform(copy, Context("r"))  # a re-run: rsync --delete keeps the marker
+    assert marker.read_text() == "relocation r\n" and compare(str(old), str(new))[1] == []
+    perform(copy.reverse(), Context("r"))
+    assert os.listdir(new) == []  # the marker went last
+    (new / "theirs").write_text("put here after the rollback")
+    with pytest.raises(RefusedError, match="does not hold .dockergc-relocation-r"):
+        perform(copy.reverse(), Context("r"))
+    assert os.listdir(new) == ["theirs"]

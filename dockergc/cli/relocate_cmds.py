@@ -20,10 +20,11 @@ from dockergc.cli.app import (
     settings,
     target_from,
 )
+from dockergc.cli.run_cmds import _signals_stop
 from dockergc.daemon import DEFAULT_HOST, SYSTEMD_START, SYSTEMD_STOP
 from dockergc.errors import RefusedError, UsageError
 from dockergc.execute.journal import Journal, new_run_id
-from dockergc.execute.runner import unfinished_runs
+from dockergc.execute.runner import _Stop, _stop_between_steps, unfinished_runs
 from dockergc.lock import exclusive
 from dockergc.relocate import executor
 from dockergc.relocate.plan import Control, plan_relocation
@@ -50,13 +51,19 @@ def _state_dir(flag: Path | None) -> Path:
     return Path(settings(state_dir=str(flag) if flag else None)["state_dir"].value)
 
 
-def _ctx(run_id: str, json: bool) -> executor.Context:
+def _ctx(run_id: str, json: bool, stop: _Stop | None = None) -> executor.Context:
     return executor.Context(
-        run_id, progress=(lambda _: None) if json else (lambda line: typer.echo(line, err=True))
+        run_id,
+        progress=(lambda _: None) if json else (lambda line: typer.echo(line, err=True)),
+        stop=stop,
     )
 
 
+# Ctrl-C/SIGTERM: outside a run's steps (preflight, the question, the locks) it stops the
+# command at once (_signals_stop: exit 130/143, nothing done); inside, the runner's handler
+# lets the step under way finish, then the relocation rolls back (executor.run).
 @relocate_app.callback(invoke_without_command=True)
+@_signals_stop
 def relocate(
     ctx: typer.Context,
     to: Annotated[
@@ -97,9 +104,10 @@ def relocate(
     states = _state_dir(state_dir)
     if resume:
         journal = executor.journal_for(states, resume)
-        with executor.locked(states, resume):
+        with executor.locked(states, resume), executor.old_root_locked(journal):
             confirm(f"Resume relocation {resume}?", yes)
-            view = executor.resume(journal, _ctx(resume, json))
+            with _stop_between_steps() as stop:  # after the question: Ctrl-C answers it
+                view = executor.resume(journal, _ctx(resume, json, stop))
         typer.echo(dumps(view_dict(view)) if json else view_text(view))
         return
     if to is None:
@@ -138,14 +146,16 @@ def relocate(
     )
     # The run's lock is held to its end: a rollback or resume of this run (the latest)
     # started meanwhile would undo or redo its steps under it.
-    with exclusive(old), executor.locked(states, run_id):
+    # Signals are caught from before the begin record: none leaves the run 'running'.
+    with exclusive(old), executor.locked(states, run_id), _stop_between_steps() as stop:
         for unfinished in unfinished_runs(old):
             raise RefusedError(
                 f"gc run {unfinished.run_id} is unfinished; resume or roll it "
                 "back before moving the root"
             )
+        executor.refuse_if_unfinished(states)
         journal = executor.begin(states, run_id, old, new, steps)
-        view = executor.run(journal, _ctx(run_id, json))
+        view = executor.run(journal, _ctx(run_id, json, stop))
     typer.echo(dumps(view_dict(view)) if json else view_text(view))
 
 
@@ -164,7 +174,7 @@ def _after_the_fact(
     state_dir = _state_dir(state_flag)
     rid = run_id or executor.latest(state_dir)
     journal = executor.journal_for(state_dir, rid)
-    with executor.locked(state_dir, rid):
+    with executor.locked(state_dir, rid), executor.old_root_locked(journal):
         confirm(question.format(rid=rid, old=executor.view_of(journal).old), yes)
         view = act(journal, _ctx(rid, json))
     typer.echo(dumps(view_dict(view)) if json else view_text(view))
@@ -172,6 +182,7 @@ def _after_the_fact(
 
 
 @relocate_app.command("rollback")
+@_signals_stop
 def relocate_rollback(
     run_id: RunIdArg = None,
     state_dir: StateOpt = None,
@@ -186,6 +197,7 @@ def relocate_rollback(
 
 
 @relocate_app.command("finalize")
+@_signals_stop
 def relocate_finalize(
     run_id: RunIdArg = None,
     state_dir: StateOpt = None,

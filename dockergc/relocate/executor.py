@@ -14,19 +14,22 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dockergc import daemon
-from dockergc.errors import DockerGCError, RefusedError, UsageError
+from dockergc.config import SCHEMA
+from dockergc.errors import DockerGCError, Interrupted, RefusedError, UsageError
 from dockergc.execute import safefs
 from dockergc.execute.journal import Journal
-from dockergc.lock import exclusive_file
+from dockergc.execute.runner import _Stop, _stop_between_steps
+from dockergc.lock import exclusive, exclusive_file
 from dockergc.registry import Registry
 from dockergc.relocate import daemonjson
 from dockergc.relocate import steps as S
@@ -37,7 +40,8 @@ from dockergc.store.snapshot import read_pins
 RELOCATIONS = "relocations"
 LOCK = "lock"  # <state-dir>/relocations/lock: one relocation command at a time
 # --delete makes a re-run converge on an exact copy (a killed rsync leaves its temp files,
-# ".<name>.XXXXXX", in the target); the excluded /.dockergc is protected from it.
+# ".<name>.XXXXXX", in the target); the excluded /.dockergc and the run's marker are
+# protected from it (and an old root's own marker from an earlier move is not copied).
 RSYNC = [
     "rsync",
     "-aHAX",
@@ -46,6 +50,7 @@ RSYNC = [
     "-x",
     "--delete",
     "--exclude=/.dockergc",
+    f"--exclude=/{S.MARKER_PREFIX}*",
 ]
 PR_SET_PDEATHSIG = 1
 
@@ -71,6 +76,8 @@ class Context:
     before_step: Callable[[S.Step], None] | None = None
     timeout: float = 180.0
     timings: dict[str, float] = field(default_factory=dict)
+    # SIGINT/SIGTERM seen (runner's handler); ``run`` installs one if the caller did not.
+    stop: _Stop | None = None
 
 
 STEPS = Registry("relocation step")
@@ -125,10 +132,39 @@ def refuse_if_target_moved(step: S.Copy) -> None:
         )
 
 
+def _holds_marker(new: Path, marker: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(new / marker).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _write_marker(new: Path, marker: str, run_id: str) -> None:
+    """Made in place, not by rename: a kill leaves it (maybe empty) or nothing, never a
+    temp file that would make the target neither empty nor marked. fsync'd, file and
+    directory, before rsync writes anything: whatever the target holds from here on is
+    this run's copy, and the undo may remove it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(new / marker, flags, 0o600)
+    try:
+        os.write(fd, f"relocation {run_id}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    daemonjson.fsync_dir(new)
+
+
 @implementation_for(S.Copy)
 def _copy(step: S.Copy, ctx: Context) -> None:
     refuse_if_target_moved(step)
-    Path(step.new).mkdir(parents=True, exist_ok=True, mode=0o710)
+    new = Path(step.new)
+    new.mkdir(parents=True, exist_ok=True, mode=0o710)
+    if step.marker and not _holds_marker(new, step.marker):
+        if any(new.iterdir()):  # preflight found it empty: someone else's files since
+            raise RefusedError(
+                f"the target {new} is no longer empty and holds no {step.marker}; left as it is"
+            )
+        _write_marker(new, step.marker, ctx.run_id)
     proc = subprocess.run(
         [*RSYNC, f"{step.old}/", f"{step.new}/"],
         capture_output=True,
@@ -142,11 +178,29 @@ def _copy(step: S.Copy, ctx: Context) -> None:
 
 @implementation_for(S.RemoveCopy)
 def _remove_copy(step: S.RemoveCopy, ctx: Context) -> None:
+    """Empty the target only while it holds this run's marker, which goes last (a removal
+    cut short is finished by the next rollback); without it, remove nothing: the target
+    is not (or no longer) the copy this run made, e.g. its disk is not mounted, or
+    someone made it anew."""
     new = Path(step.new)
     if not new.is_dir():
         return
-    for entry in sorted(os.listdir(new)):
+    entries = sorted(os.listdir(new))
+    if step.marker:
+        if not _holds_marker(new, step.marker):
+            if entries:
+                raise RefusedError(
+                    f"refusing to remove the contents of {new}: it does not hold "
+                    f"{step.marker}, so it is not the copy this relocation made; left as it "
+                    "is (remove it by hand if it is, then roll back again)"
+                )
+            return
+        entries.remove(step.marker)
+    for entry in entries:
         safefs.remove_tree(str(new), entry)
+    if step.marker:
+        daemonjson.fsync_dir(new)  # the contents durably gone before the marker goes
+        daemonjson.remove(new / step.marker)
 
 
 @implementation_for(S.VerifyCopy)
@@ -363,11 +417,18 @@ def begin(state_dir: Path, run_id: str, old: Path, new: Path, plan: list[S.Step]
 
 
 def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
-    """Perform the planned steps from ``start``; roll back on the first failure."""
+    """Perform the planned steps from ``start``; roll back on the first failure, and on
+    SIGINT/SIGTERM once the step under way has finished and is journaled (``ctx.stop``:
+    the caller installs the handler before its ``begin`` record; else it is done here)."""
+    if ctx.stop is None:
+        with _stop_between_steps() as stop:
+            return run(journal, replace(ctx, stop=stop), start)
     head = _begin(journal)
     plan, old = [S.step_from_dict(d) for d in head["steps"]], Path(head["old"])
     for i in range(start, len(plan)):
         step = plan[i]
+        if ctx.stop.requested:
+            _interrupted(journal, ctx, ctx.stop, step, None)
         journal.append({"type": "intent", "seq": i, "step": S.step_dict(step)})
         ctx.progress(f"[{i + 1}/{len(plan)}] {step.name}")
         t0 = time.monotonic()
@@ -379,6 +440,8 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
             perform(step, ctx)
         except (DockerGCError, daemon.EngineUnavailable, OSError, ValueError) as exc:
             journal.append({"type": "fault", "seq": i, "error": str(exc)})
+            if ctx.stop.requested:  # the terminal's SIGINT reaches rsync and the commands too
+                _interrupted(journal, ctx, ctx.stop, step, exc)
             ctx.progress(f"{step.name} failed: {exc}; rolling back")
             view = rollback(journal, ctx)
             if view.state != "rolled-back":
@@ -396,15 +459,45 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
     return view_of(journal)
 
 
+def _interrupted(
+    journal: Journal, ctx: Context, stop: _Stop, step: S.Step, exc: Exception | None
+) -> NoReturn:
+    """Roll back after a signal, journaled first. Rolling back, not stopping resumable: a
+    relocation stopped half-way leaves the daemon down until someone resumes or rolls it
+    back; the operator who pressed Ctrl-C (or the system that sent SIGTERM) gets the
+    service back on the untouched old root now, and can run the move again later."""
+    assert stop.signum is not None
+    name = signal.Signals(stop.signum).name
+    if exc is None:
+        journal.append({"type": "fault", "error": f"interrupted by {name}", "signal": name})
+    ctx.progress(f"{name}: rolling back")
+    view = rollback(journal, ctx)
+    at = f"at {step.name}" + (f" ({exc})" if exc else "")
+    if view.state == "rolled-back":
+        outcome = f"rolled back: the daemon runs on {view.old} again"
+    else:
+        redo = command(journal.dir.parent.parent, "relocate", "rollback", journal.run_id)
+        outcome = f"the rollback did not finish: {view.error}; finish it with '{redo}'"
+    raise Interrupted(
+        f"relocation {journal.run_id} interrupted ({name}) {at}; {outcome}", stop.signum
+    ) from exc
+
+
 def rollback(journal: Journal, ctx: Context) -> RelocationView:
     """Undo every started step, newest first; the old root is left as it was.
 
     If daemon.json cannot be restored, stop there: every later undo (remove the copy,
     start the daemon) assumes daemon.json names the old root again."""
-    if view_of(journal).state == "finalized":
+    view = view_of(journal)
+    if view.state == "finalized":
         raise RefusedError(
             f"relocation {journal.run_id} was finalized: the old root is gone, so there is "
             "nothing to roll back to (rolling back would remove the only copy)"
+        )
+    if view.state == "rolled-back":  # again: it would stop the daemon, empty the target
+        raise UsageError(
+            f"relocation {journal.run_id} was rolled back already; nothing to roll back "
+            f"(the daemon runs on {view.old}; {view.new} is left as it is)"
         )
     records = journal.records()
     started = sorted({int(r["seq"]) for r in records if r.get("type") == "intent"}, reverse=True)
@@ -474,6 +567,66 @@ def view_of(journal: Journal) -> RelocationView:
     return RelocationView(
         journal.run_id, state, head["old"], head["new"], steps, undo_error or error, timings, fstab
     )
+
+
+DEFAULT_STATE_DIR = Path(SCHEMA["state_dir"][0])
+SETTLED = ("relocated", "rolled-back", "finalized")
+
+
+def command(state_dir: Path, *words: str) -> str:
+    """A dockergc command line to suggest, with ``--state-dir`` unless it is the default."""
+    tail = ["--state-dir", str(state_dir)] if state_dir != DEFAULT_STATE_DIR else []
+    return shlex.join(["dockergc", *words, *tail])
+
+
+def refuse_if_unfinished(state_dir: Path) -> None:
+    """Before a new relocation (the lock held): refuse while an earlier one is unfinished
+    (running after a crash or a kill, rolling-back, rollback-failed). The new one would
+    start from a daemon.json, a daemon and a target in doubt, and 'relocate rollback'
+    without a run id (the latest) would then pick the new run, not the one to settle."""
+    for rid in list_runs_in(state_dir):
+        try:
+            view = view_of(journal_for(state_dir, rid))
+        except UsageError:
+            continue  # no begin record: it never did anything
+        if view.state in SETTLED:
+            continue
+        how = [command(state_dir, "relocate", "rollback", rid)]
+        if view.state == "running":  # a half rollback only goes back
+            how.insert(0, command(state_dir, "relocate", "--resume", rid))
+        raise RefusedError(
+            f"relocation {rid} is unfinished ({view.state}); settle it first with "
+            + " or ".join(f"'{c}'" for c in how)
+        )
+
+
+@contextmanager
+def old_root_locked(journal: Journal) -> Iterator[None]:
+    """Hold the old root's gc lock (lock.exclusive) for --resume, rollback and finalize,
+    as the relocation itself does: no gc or apply may change what a resumed copy reads,
+    what a rollback starts the daemon on again, or what finalize empties (the daemon gate
+    is no help: the daemon is down).
+
+    Not while the old path shows the copy (--bind mode, once bound; told by identity):
+    the lock file would be on the bind mount, and the rollback's umount would fail
+    "target is busy". What lies beneath is out of gc's reach then (a gc on that path is
+    one on the copy the daemon runs on). A lock taken before this command binds it is on
+    the filesystem beneath, as the relocation's own: it keeps the mount not busy."""
+    view = view_of(journal)
+    old = Path(view.old)
+    if not old.is_dir() or _same_dir(old, Path(view.new)):
+        yield  # no old root to keep, or it is hidden under the bind mount
+        return
+    with exclusive(old):
+        yield
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        x, y = os.stat(a), os.stat(b)
+    except FileNotFoundError:
+        return False
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
 
 
 def latest(state_dir: Path) -> str:

@@ -38,7 +38,7 @@ def plan_relocation(
     plan: list[S.Step] = [
         S.StopDaemon(control.stop_cmd, control.start_cmd, control.host, str(old)),
         S.WaitIdle(str(old)),
-        S.Copy(str(old), str(new), target_fs),
+        S.Copy(str(old), str(new), target_fs, S.marker_for(run_id)),
         S.VerifyCopy(str(old), str(new)),
     ]
     if not bind:

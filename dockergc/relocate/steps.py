@@ -8,6 +8,15 @@ from typing import Any
 
 from dockergc.errors import UsageError
 
+# The copy step writes ``<new>/.dockergc-relocation-<run>`` before rsync writes anything;
+# the undo removes the target's contents only while it holds it (last of all), so never
+# what someone put at the target after a rollback or in place of the copy.
+MARKER_PREFIX = ".dockergc-relocation-"
+
+
+def marker_for(run_id: str) -> str:
+    return MARKER_PREFIX + run_id
+
 
 @dataclass(frozen=True)
 class StopDaemon:
@@ -46,20 +55,26 @@ class WaitIdle:
 class Copy:
     """rsync the old root into ``new``, on the filesystem ``fs`` preflight found it on
     (targetfs.filesystem_of; "" in journals from before it was recorded): never onto the
-    filesystem beneath a disk that is no longer mounted."""
+    filesystem beneath a disk that is no longer mounted. ``marker`` (marker_for(run); ""
+    in journals from before it) is the file that says the target is this run's copy."""
 
     old: str
     new: str
     fs: str = ""
+    marker: str = ""
     name: str = "copy"
 
     def reverse(self) -> Step:
-        return RemoveCopy(self.new)
+        return RemoveCopy(self.new, self.marker)
 
 
 @dataclass(frozen=True)
 class RemoveCopy:
+    """Empty ``new``, only if it holds ``marker`` (removed last); a journal from before
+    markers ("") removes it unchecked, as that dockergc did."""
+
     new: str
+    marker: str = ""
     name: str = "remove-copy"
 
     def reverse(self) -> Step:

@@ -15,8 +15,10 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dockergc.relocate.steps import MARKER_PREFIX
+
 METADATA_PREFIXES = ("image/", "containers/", "buildkit/", "volumes/metadata.db")
-SKIP_TOP = (".dockergc",)
+SKIP_TOP = (".dockergc",)  # and a relocation's marker (MARKER_PREFIX): not the daemon's
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def walk(root: str) -> Iterator[tuple[str, Entry]]:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
             rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
-            if not rel_dir and e.name in SKIP_TOP:
+            if not rel_dir and (e.name in SKIP_TOP or e.name.startswith(MARKER_PREFIX)):
                 continue
             st = e.stat(follow_symlinks=False)
             mode = st.st_mode
