@@ -106,6 +106,11 @@ LIVE_HINT = (
     "timer's mode: long grace period, every step re-checked against a fresh graph, every "
     "mount and every open file)"
 )
+PROCESS_HINT = (
+    "not a Docker daemon by name: stop it, or have it close what it holds in the root "
+    "(leave the directory), then run again; if it is a dockerd under another name, stop it "
+    "or pass --live"
+)
 PURGE_HINT = (
     "quarantine is never the daemon's: pass --live to purge while it runs (every item is "
     "still checked against every mount namespace first)"
@@ -125,6 +130,8 @@ def refuse_if_daemon(root: Path, live: bool, hint: str = LIVE_HINT) -> None:
     users = daemons_using(root)
     if users:
         who = "; ".join(d.describe() for d in users)
+        if all(d.kind == "process" for d in users):
+            hint = PROCESS_HINT
         raise RefusedError(
             f"refusing to change {root}: {who}",
             hint=hint,

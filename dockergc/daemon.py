@@ -146,3 +146,17 @@ def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
                 attempt.retry_state.set_result(ok)
     except RetryError as exc:
         raise EngineUnavailable(f"timed out after {seconds:.0f}s waiting for {what}") from exc
+
+
+def wait_until_none(users: Callable[[], list[str]], seconds: float, what: str) -> None:
+    """``wait_until`` ``users()`` is empty; on a timeout, the message names what is left."""
+    left: list[str] = []
+
+    def none() -> bool:
+        left[:] = users()
+        return not left
+
+    try:
+        wait_until(none, seconds, what)
+    except EngineUnavailable as exc:
+        raise EngineUnavailable(f"{exc}; still using it: {'; '.join(left)}") from exc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,103 @@ def test_a_chrooted_process_is_found_by_what_it_holds(tmp_path: Path, root: Path
         for p in procs:
             p.kill()
             p.wait()
+
+
+ID = "0123456789abcdef" * 4
+
+
+def test_a_log_reader_is_not_a_daemon_but_must_exit_before_a_move(
+    tmp_path: Path, root: Path
+) -> None:
+    """A process not named like a daemon whose every hold is a container's log or dir is
+    left out of ``daemons_using`` (the gate) and kept in ``processes_using`` (a move or a
+    removal waits for it); one more hold elsewhere, or a daemon's name, and it counts."""
+    proc = tmp_path / "proc"
+    logs = root / "containers" / ID
+    (logs / "local-logs").mkdir(parents=True)
+    json_log = logs / f"{ID}-json.log"
+    for f in (json_log, logs / f"{ID}-json.log.3", logs / "local-logs" / "container.log"):
+        f.write_bytes(b"")
+    fake_proc(proc, 30, ["/usr/bin/filebeat"], fds=(json_log, logs / f"{ID}-json.log.3"))
+    fake_proc(proc, 31, ["/usr/bin/fluent-bit"], cwd=logs, fds=(logs / "local-logs/container.log",))
+    fake_proc(proc, 32, ["/usr/bin/promtail"], fds=(json_log, root / "volumes/metadata.db"))
+    fake_proc(proc, 33, ["/usr/bin/dockerd", "--data-root", str(tmp_path)], fds=(json_log,))
+    (root / "containers" / "abc").mkdir()
+    (root / "containers" / "abc" / "abc-json.log").write_bytes(b"")  # not a container's id
+    fake_proc(proc, 34, ["/usr/bin/tail"], fds=(root / "containers/abc/abc-json.log",))
+    found = daemons_using(root, proc)
+    assert [d.pid for d in found] == [32, 33, 34]
+    assert "has " + str(root / "volumes/metadata.db") + " open" in found[0].describe()
+    assert len(processes_using(root, proc)) == 5
+
+
+TAIL_OR_HOLD = (
+    "import sys, time\nf = open(sys.argv[1], 'rb')\nprint('ready', flush=True); time.sleep(60)\n"
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gc needs root")
+def test_offline_gc_runs_beside_a_log_shipper_and_refuses_a_renamed_daemon(
+    tmp_path: Path,
+) -> None:
+    """A real ``tail -F`` of a container's log does not stop an offline gc; a process
+    under another name holding buildkit/snapshots.db does."""
+    import shutil
+    import subprocess
+    import sys
+
+    from dockergc.fixture.builder import RootBuilder
+    from dockergc.relocate.preflight import Preflight, check_holders
+    from tests.conftest import run_cli
+
+    b = RootBuilder(tmp_path / "docker")
+    b.layer({"f": b"x"})
+    root = b.finish()
+    (root / "containers" / ID).mkdir(parents=True, exist_ok=True)
+    log = root / "containers" / ID / f"{ID}-json.log"
+    log.write_bytes(b"{}\n")
+    (root / "buildkit").mkdir(exist_ok=True)
+    (root / "buildkit" / "snapshots.db").write_bytes(b"")
+    tail = subprocess.Popen(["tail", "-F", str(log)], stdout=subprocess.DEVNULL)
+    shutil.copy(sys.executable, tmp_path / "storaged")
+    script = tmp_path / "hold.py"
+    script.write_text(TAIL_OR_HOLD)
+    try:
+        deadline = time.monotonic() + 10
+        while not any(str(log) in u for u in processes_using(root)):
+            assert time.monotonic() < deadline, "tail never opened the log"
+            time.sleep(0.05)
+        assert daemons_using(root) == []
+        pf = Preflight(str(root), str(tmp_path / "new"), 0, 0)
+        check_holders(pf, root)
+        (note,) = pf.checks
+        assert not note.ok and not note.blocking
+        assert f"tail (pid {tail.pid}" in note.detail and "stop them" in note.detail
+        run_cli("gc", "--root", str(root), "--yes")
+        held = subprocess.Popen(
+            [str(tmp_path / "storaged"), str(script), str(root / "buildkit/snapshots.db")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert held.stdout is not None and held.stdout.readline() == "ready\n"
+            refused = run_cli("gc", "--root", str(root), "--yes", check=3)
+            assert f"storaged (pid {held.pid}" in refused.stderr
+            assert "buildkit/snapshots.db open (found by its files" in refused.stderr
+            assert "not a Docker daemon by name" in refused.stderr
+        finally:
+            held.kill()
+            held.wait()
+    finally:
+        tail.kill()
+        tail.wait()
+
+
+def test_a_wait_that_times_out_names_what_is_left() -> None:
+    """Relocation's stop and wait-idle steps say what still holds the root."""
+    from dockergc.daemon import EngineUnavailable, wait_until_none
+
+    left = [["tail (pid 7) has R/x open", "sh (pid 8) has its cwd in R"], ["tail (pid 7)"]]
+    with pytest.raises(EngineUnavailable, match=r"waiting for R to be free; still using it: "):
+        wait_until_none(lambda: left.pop(0) if len(left) > 1 else left[0], 0.3, "R to be free")
+    wait_until_none(list, 1, "nothing")

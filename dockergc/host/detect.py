@@ -12,12 +12,22 @@ Every process not found that way, daemons by name included, is then checked by w
 holds: its cwd, its root and its open files, found by identity as ``holders_under`` finds
 them (a running dockerd keeps its bbolt databases open in the root, whatever its name and
 whatever its daemon.json says today). dockergc itself and its parents are never counted.
+
+A log reader is not a user of the root for ``daemons_using`` (the gate of every command
+that changes it): a process not named like a daemon whose every hold in the root is a
+container's log (``containers/<id>/<id>-json.log`` and its rotations ``….N``, a file of
+the local driver's ``containers/<id>/local-logs/``) or a container's dir itself, as log
+shippers (filebeat, promtail, fluent-bit) keep them. gc never touches ``containers/``. A
+dockerd under another name still holds its databases (volumes/metadata.db, buildkit/*.db)
+and is still found. ``processes_using`` counts log readers too: moving or removing the
+root must wait for them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +40,13 @@ DEFAULT_CONFIG = "/etc/docker/daemon.json"
 CONTAINERD_ROOT = "/var/lib/containerd"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 PROC = Path("/proc")
+# What a log reader may hold in the root, named from the root: a container's dir, its
+# json-file log and rotations, the local driver's dir and files (a removed container's
+# deleted files included: they are named as they were).
+_ID = "[0-9a-f]{64}"
+CONTAINER_LOG = re.compile(
+    rf"/containers/({_ID})(?:/\1-json\.log(?:\.[0-9]+)?|/local-logs(?:/[^/]+)?)?$"
+)
 # dockerd's flags as its parser (spf13/pflag) knows them: those that take no value, and
 # the shorthands (-g is the hidden, deprecated --graph).
 DOCKERD_FLAGS = Flags(
@@ -95,6 +112,7 @@ class DaemonProcess:
     exe: str = ""
     how: str = ""  # the rest of the sentence: "uses /srv/alias, the same directory as …"
     kind: str = "dockerd"  # dockerd, containerd, or process (found by its open files)
+    held: str = ""  # a process's: "its cwd", "its root" or "fd N"
 
     def describe(self) -> str:
         exe = f", {self.exe}" if self.exe and os.path.basename(self.exe) != self.exe else ""
@@ -187,18 +205,21 @@ class _Scan:
     target: FileId
     ns: str  # our own mount namespace
     seen: _Seen
+    logs: bool = True  # count a process that holds only container logs (see the top)
 
     def check(self, p: Proc) -> DaemonProcess | None:
         """The process if it uses the root: a daemon by what it names, else (a daemon
         whose configuration names another root, or any process) by what it holds."""
         named: _Named | None = None
+        known = False  # known not to be named like a daemon
         try:
             named, hit = self.named(p)
+            known = named is None
         except GONE:
             hit = None  # what it names cannot be read; what it holds may still be
         if hit is not None:
             return hit
-        held = self.seen.held_by(p)
+        held = self.seen.held_by(p, logs=self.logs or not known)
         if held is None:
             return None
         path, what = held
@@ -210,7 +231,7 @@ class _Scan:
             exe = p.exe()
             how = f"{done} (found by its files, not its name)"
             return DaemonProcess(
-                p.pid, os.path.basename(exe) or p.comm(), path, exe, how, "process"
+                p.pid, os.path.basename(exe) or p.comm(), path, exe, how, "process", what
             )
         said = (
             f"its configuration names another root, {named.stated} — it may have been "
@@ -314,15 +335,16 @@ def _ourselves(proc: Path) -> set[int]:
     return pids
 
 
-def scan(root: Path, proc: Path = PROC) -> list[DaemonProcess]:
+def scan(root: Path, proc: Path = PROC, logs: bool = True) -> list[DaemonProcess]:
     """Every process that uses ``root``, in one pass over /proc: a daemon by what it names
     (its root), and any process, daemons by name included, by what it holds (its cwd, its
-    root or an open file in the root)."""
+    root or an open file in the root). Unless ``logs``, a process not named like a daemon
+    that holds nothing there but container logs is left out (see the top)."""
     target = file_id(str(root))
     if target is None:
         return []
     ns = Proc(proc, os.getpid()).mount_ns() if proc == PROC else ""
-    s = _Scan(os.path.realpath(root), target, ns, _Seen(target))
+    s = _Scan(os.path.realpath(root), target, ns, _Seen(target), logs)
     found: list[DaemonProcess] = []
     skip = _ourselves(proc) if proc == PROC else set()
     for pid in _pids(proc):
@@ -339,12 +361,14 @@ def scan(root: Path, proc: Path = PROC) -> list[DaemonProcess]:
 
 def daemons_using(root: Path, proc: Path = PROC) -> list[DaemonProcess]:
     """Every process that uses ``root``: a dockerd whose root is it, a containerd rooted
-    inside it, or any process (a daemon by name or not) holding files in it."""
-    return scan(root, proc)
+    inside it, or any process (a daemon by name or not) holding files in it, but for a
+    log reader (a process not named like a daemon holding only container logs there)."""
+    return scan(root, proc, logs=False)
 
 
 def processes_using(root: Path, proc: Path = PROC) -> list[str]:
-    """``daemons_using``, described."""
+    """Every process that uses ``root``, log readers included, described: what must
+    exit before the root is moved or removed."""
     return sorted({d.describe() for d in scan(root, proc)})
 
 
@@ -403,24 +427,25 @@ class _Seen:
     names: dict[tuple[str, str], bool] = field(default_factory=dict)  # (ns, link text)
     dirs: dict[tuple[str, str], bool] = field(default_factory=dict)  # _dir_inside's
 
-    def held_by(self, p: Proc) -> tuple[str, str] | None:
-        """(path, what) of the first thing ``p`` holds under the target, else None."""
+    def held_by(self, p: Proc, logs: bool = True) -> tuple[str, str] | None:
+        """(path, what) of the first thing ``p`` holds under the target, else None; unless
+        ``logs``, a container's log or dir (``CONTAINER_LOG``) is passed over."""
         root = os.readlink(p.root)
         if root == "/":
             # The top of its mount tree: nothing above it to be inside (a namespace whose
             # top is a bind mount of a dir in the data root pins that dir through the
             # mount check, which runs first). Names start from it.
-            return self._files(p, p.root, root)
+            return self._files(p, p.root, root, logs)
         under, top = p.climb(self.target)
         try:
             if under:
                 return root, "its root"
             # Chrooted: /proc names its files from the top of its mount tree, not its root.
-            return self._files(p, f"/proc/self/fd/{top}", root)
+            return self._files(p, f"/proc/self/fd/{top}", root, logs)
         finally:
             os.close(top)
 
-    def _files(self, p: Proc, base: str, root: str) -> tuple[str, str] | None:
+    def _files(self, p: Proc, base: str, root: str, logs: bool) -> tuple[str, str] | None:
         ns = ""
         for what, link in p.links():
             try:
@@ -433,9 +458,15 @@ class _Seen:
                     held = self.names[(ns, named)] = self._under(base, ns, link, named)
             except OSError:
                 continue  # closed meanwhile
-            if held:
+            if held and (logs or not self._log(base, named.removesuffix(DELETED))):
                 return named.removesuffix(DELETED), "its cwd" if what == "cwd" else what
         return None
+
+    def _log(self, base: str, named: str) -> bool:
+        """Is ``named`` (held under the target) a container's log or dir: named so from a
+        directory that is the target itself, by identity?"""
+        match = CONTAINER_LOG.search(named)
+        return match is not None and file_id(base + (named[: match.start()] or "/")) == self.target
 
     def _under(self, base: str, ns: str, link: str, named: str) -> bool:
         st = os.stat(link)

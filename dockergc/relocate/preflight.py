@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from dockergc.host.detect import scan
 from dockergc.measure import measure
 from dockergc.relocate import daemonjson
 from dockergc.relocate.targetfs import filesystem_of
@@ -192,6 +193,26 @@ def find_not_moving(pf: Preflight, old: Path) -> None:
         )
 
 
+def check_holders(pf: Preflight, old: Path) -> None:
+    """Processes not named like a daemon that hold files in the old root (log shippers
+    reading container logs included): the relocation waits for them to exit after the
+    daemon is stopped, then rolls back. A container's own processes (their root is in the
+    old root) stop with the daemon and are only counted."""
+    others = [d for d in scan(old) if d.kind == "process"]
+    mine = [d for d in others if d.held == "its root"]
+    holders = sorted({d.describe() for d in others if d.held != "its root"})
+    detail = (
+        "stop them before relocating (log shippers tailing container logs included): after "
+        "stopping the daemon the relocation waits for them to exit, then rolls back: "
+        + "; ".join(holders)
+        if holders
+        else "none"
+    )
+    if mine:
+        detail += f" ({len(mine)} processes rooted in it, containers', stop with the daemon)"
+    pf.add("no other process uses the old root", not holders, detail, blocking=False)
+
+
 def selinux_enforcing() -> bool:
     try:
         return Path("/sys/fs/selinux/enforce").read_text().strip() == "1"
@@ -208,6 +229,7 @@ def preflight(old: Path, new: Path, config: Path, running: list[str]) -> Preflig
         check_space(pf, old, new)
     check_config(pf, config)
     find_not_moving(pf, old)
+    check_holders(pf, old)
     pf.selinux = selinux_enforcing()
     if running:
         pf.add(
