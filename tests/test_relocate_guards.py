@@ -358,12 +358,13 @@ def test_resume_rollback_finalize_hold_the_old_roots_gc_lock(
     assert compare(str(old), str(new))[1] == []  # nothing removed from the old root
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_mid_relocation_rolls_back_after_the_step(
     tmp_path: Path, fake_engine: tuple[str, Path], signum: int
 ) -> None:
-    """Ctrl-C or SIGTERM during the copy: the copy finishes and is journaled, then the
-    relocation rolls back (the daemon up on the old root); one line, exit 128+signal."""
+    """Ctrl-C, SIGTERM or SIGHUP (an SSH drop) during the copy: the copy finishes and is
+    journaled, then the relocation rolls back (the daemon up on the old root); one line,
+    exit 128+signal."""
     host, config = fake_engine
     old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
     rsync = shutil.which("rsync")
@@ -390,3 +391,144 @@ def test_a_signal_mid_relocation_rolls_back_after_the_step(
     assert undone == ["remove-copy", "start-daemon"]
     assert executor.view_of(journal).state == "rolled-back"
     assert config.read_bytes() == CONFIG and os.listdir(new) == []
+
+
+# -- finalize cut short, rollback refusals before any undo, --bind, signals in rollback ---
+
+
+def test_a_finalize_cut_short_is_finished_never_rolled_back(
+    tmp_path: Path, fake_engine: tuple[str, Path]
+) -> None:
+    """finalize-begin without finalize-end (killed mid-removal): 'finalizing'. A rollback
+    would remove the only complete copy: refused, exit 3; a new relocation waits; finalize
+    again finishes it."""
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    assert _relocate_cli(host, config, old, new, state).returncode == 0
+    (run_id,) = executor.list_runs_in(state)
+    journal = executor.journal_for(state, run_id)
+    journal.append({"type": "finalize-begin"})  # then SIGKILL, half-way
+    shutil.rmtree(old / "overlay2")
+    shutil.rmtree(old / "image")
+    assert executor.view_of(journal).state == "finalizing"
+    records, switched = journal.path.read_bytes(), config.read_bytes()
+    finish = f"dockergc relocate finalize {run_id} --state-dir {state}"
+    rollback = ("relocate", "rollback", run_id, "--state-dir", str(state), "--yes")
+    line = _one_line(run_cli(*rollback, check=None), 3)
+    assert line == (
+        f"dockergc: finalize of {run_id} began; the old root is partly deleted; "
+        f"run '{finish}' to finish it"
+    )
+    assert journal.path.read_bytes() == records and config.read_bytes() == switched
+    assert (new / "overlay2").is_dir()
+    other = RootBuilder(tmp_path / "other")
+    other.layer({"f": b"y"})
+    line = _one_line(_relocate_cli(host, config, other.finish(), tmp_path / "new2", state), 3)
+    assert line.endswith(f"is unfinished (finalizing); settle it first with '{finish}'"), line
+    out = run_cli("relocate", "finalize", run_id, "--state-dir", str(state), "--yes").stdout
+    assert f"relocation {run_id}: finalized" in out
+    assert os.listdir(old) == [] or os.listdir(old) == [".dockergc"]
+    assert compare(str(new), str(new))[1] == [] and (new / "overlay2").is_dir()
+
+
+def _logging(tmp_path: Path, what: str, extra: str = "") -> str:
+    return f"sh -c 'echo {what} >> {tmp_path}/cmds.log{extra}'"
+
+
+def test_rollback_checks_daemon_json_before_stopping_the_daemon(
+    tmp_path: Path, fake_engine: tuple[str, Path]
+) -> None:
+    """daemon.json edited since the switch: the rollback refuses before any undo (the
+    daemon is not stopped), one line naming daemon.json, the backup and what to do."""
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    args = ["--to", str(new), "--root", str(old), "--config-file", str(config), "--host", host]
+    args += ["--stop-cmd", _logging(tmp_path, "stop"), "--start-cmd", _logging(tmp_path, "start")]
+    assert _dockergc_cli([*args, "--state-dir", str(state), "--yes"], state, "").returncode == 0
+    (run_id,) = executor.list_runs_in(state)
+    edited = config.read_bytes().replace(b"{", b'{"registry-mirrors": ["https://m"], ', 1)
+    config.write_bytes(edited)
+    log = tmp_path / "cmds.log"
+    cmds, records = log.read_text(), executor.journal_for(state, run_id).path.read_bytes()
+    rollback = ("relocate", "rollback", run_id, "--state-dir", str(state), "--yes")
+    line = _one_line(run_cli(*rollback, check=None), 3)
+    assert f"refusing to roll back relocation {run_id}, nothing changed" in line, line
+    assert str(config) in line and f"{config}.dockergc-{run_id}.bak" in line
+    assert line.endswith(f"then run 'dockergc relocate rollback {run_id} --state-dir {state}'")
+    assert log.read_text() == cmds  # not stopped
+    assert executor.journal_for(state, run_id).path.read_bytes() == records
+    assert config.read_bytes() == edited and (new / "overlay2").is_dir()
+
+
+def test_a_busy_bind_mount_stops_the_rollback_before_removing_the_copy(
+    tmp_path: Path, fake_engine: tuple[str, Path]
+) -> None:
+    """--bind: the unmount fails (target busy): no remove-copy, no start; the line names
+    the mount and how to find its holders. Then the rollback finishes, and says to drop
+    the fstab line, not to add it."""
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    args = ["--to", str(new), "--root", str(old), "--config-file", str(config), "--host", host]
+    args += ["--bind", "--stop-cmd", "true", "--start-cmd", _logging(tmp_path, "start")]
+    assert _dockergc_cli([*args, "--state-dir", str(state), "--yes"], state, "").returncode == 0
+    (run_id,) = executor.list_runs_in(state)
+    journal = executor.journal_for(state, run_id)
+    holder = subprocess.Popen(["sleep", "60"], cwd=old / "overlay2")
+    rollback = ("relocate", "rollback", run_id, "--state-dir", str(state), "--yes")
+    try:
+        proc = run_cli(*rollback, check=None)
+        assert proc.returncode == 1, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert f"cannot unmount the bind mount {old}" in last and f"'fuser -vm {old}'" in last
+        assert "the daemon is down (start it with " in last, last
+        assert last.endswith(
+            f"finish it with 'dockergc relocate rollback {run_id} --state-dir {state}'"
+        )
+        undone = [r["step"]["name"] for r in journal.records() if r["type"] == "undo-intent"]
+        assert undone == ["stop-daemon", "unmount"]
+        assert (new / "overlay2").is_dir() and (tmp_path / "cmds.log").read_text() == "start\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    out = run_cli(*rollback).stdout
+    assert "rolled-back" in out and "add this line to /etc/fstab" not in out
+    assert f"remove the fstab line for {old} if you added it" in out
+
+
+def test_ctrl_c_during_rollback_finishes_the_undo_and_says_how_to_go_on(
+    tmp_path: Path, fake_engine: tuple[str, Path]
+) -> None:
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    slow = tmp_path / "slow"
+    args = ["--to", str(new), "--root", str(old), "--config-file", str(config), "--host", host]
+    start = f"sh -c 'if [ -e {slow} ]; then touch {slow}.started; sleep 2; fi'"
+    args += ["--stop-cmd", "true", "--start-cmd", start]
+    assert _dockergc_cli([*args, "--state-dir", str(state), "--yes"], state, "").returncode == 0
+    (run_id,) = executor.list_runs_in(state)
+    journal = executor.journal_for(state, run_id)
+    slow.touch()  # the rollback's first undo: stop the daemon (on the new root) ...
+    stop = f"sh -c 'touch {slow}.stopping; sleep 2'"
+    records = [json.loads(line) for line in journal.path.read_text().splitlines()]
+    records[0]["steps"][0]["cmd"] = stop
+    journal.path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rollback = _dockergc("relocate", "rollback", run_id, "--state-dir", str(state), "--yes")
+    _until("stop command", Path(f"{slow}.stopping").exists, rollback)
+    os.kill(rollback.pid, signal.SIGINT)  # ... Ctrl-C: it finishes, is journaled, then stops
+    _, err = rollback.communicate(timeout=60)
+    assert rollback.returncode == 130, err
+    (line,) = err.strip().splitlines()[-1:]
+    assert line.startswith(f"dockergc: rollback of relocation {run_id} interrupted: ")
+    assert "interrupted (SIGINT) after stop-daemon" in line
+    assert line.endswith(
+        f"finish it with 'dockergc relocate rollback {run_id} --state-dir {state}'"
+    )
+    tail = [r["type"] for r in journal.records()][-3:]
+    assert tail == ["undo-intent", "undo-done", "rollback-stopped"]
+    assert executor.view_of(journal).state == "rolling-back"
+    slow.unlink()
+    assert (
+        "rolled-back"
+        in run_cli("relocate", "rollback", run_id, "--state-dir", str(state), "--yes").stdout
+    )
+    assert config.read_bytes() == CONFIG

@@ -306,13 +306,15 @@ def test_rollback_stops_at_a_daemon_json_it_cannot_account_for(tmp_path: Path) -
     journal = executor.begin(tmp_path / "state", "r", tmp_path / "old", new, steps)
     assert executor.run(journal, Context("r")).state == "relocated"
     cfg.write_bytes(EDITED)  # edited by hand after the switch
-    view = executor.rollback(journal, Context("r"))
-    assert view.state == "rollback-failed"
-    assert str(cfg) in view.error and f"{cfg}.dockergc-r.bak" in view.error
-    assert "the copy is kept" in view.error
+    records = journal.path.read_bytes()
+    with pytest.raises(executor.ConfigConflict) as refused:  # before any undo: no stop
+        executor.rollback(journal, Context("r"))
+    line = str(refused.value)
+    assert str(cfg) in line and f"{cfg}.dockergc-r.bak" in line and "nothing changed" in line
+    assert line.endswith(f"then run 'dockergc relocate rollback r --state-dir {tmp_path}/state'")
+    assert journal.path.read_bytes() == records  # no undo journaled, none run
     assert cfg.read_bytes() == EDITED and (new / "overlay2/x/f").exists()
-    with pytest.raises(RefusedError, match="rollback-failed"):
-        executor.resume(journal, Context("r"))
+    assert executor.view_of(journal).state == "relocated"
     cfg.write_bytes(SWITCHED)  # put right by hand: the rollback can finish
     assert executor.rollback(journal, Context("r")).state == "rolled-back"
     assert cfg.read_bytes() == ORIGINAL and not any(new.iterdir())

@@ -139,7 +139,7 @@ def say(text: str, err: bool = False) -> None:
     rest of the output and never stops the work: output goes to /dev/null from then on."""
     try:
         typer.echo(text, err=err)
-    except BrokenPipeError:
+    except OSError:  # a closed pipe, or a terminal hung up (EIO)
         silence(sys.stderr if err else sys.stdout)
 
 

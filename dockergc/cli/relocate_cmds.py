@@ -17,6 +17,7 @@ from dockergc.cli.app import (
     YesOpt,
     app,
     confirm,
+    say,
     settings,
     target_from,
 )
@@ -24,7 +25,12 @@ from dockergc.cli.run_cmds import _signals_stop
 from dockergc.daemon import DEFAULT_HOST, SYSTEMD_START, SYSTEMD_STOP
 from dockergc.errors import RefusedError, UsageError
 from dockergc.execute.journal import Journal, new_run_id
-from dockergc.execute.runner import _Stop, _stop_between_steps, unfinished_runs
+from dockergc.execute.runner import (
+    RELOCATION_SIGNALS,
+    _Stop,
+    _stop_between_steps,
+    unfinished_runs,
+)
 from dockergc.lock import exclusive
 from dockergc.relocate import executor
 from dockergc.relocate.plan import Control, plan_relocation
@@ -54,7 +60,7 @@ def _state_dir(flag: Path | None) -> Path:
 def _ctx(run_id: str, json: bool, stop: _Stop | None = None) -> executor.Context:
     return executor.Context(
         run_id,
-        progress=(lambda _: None) if json else (lambda line: typer.echo(line, err=True)),
+        progress=(lambda _: None) if json else (lambda line: say(line, err=True)),
         stop=stop,
     )
 
@@ -106,7 +112,8 @@ def relocate(
         journal = executor.journal_for(states, resume)
         with executor.locked(states, resume), executor.old_root_locked(journal):
             confirm(f"Resume relocation {resume}?", yes)
-            with _stop_between_steps() as stop:  # after the question: Ctrl-C answers it
+            # After the question: Ctrl-C answers it. SIGHUP too: an SSH drop mid-run.
+            with _stop_between_steps(RELOCATION_SIGNALS) as stop:
                 view = executor.resume(journal, _ctx(resume, json, stop))
         typer.echo(dumps(view_dict(view)) if json else view_text(view))
         return
@@ -147,7 +154,11 @@ def relocate(
     # The run's lock is held to its end: a rollback or resume of this run (the latest)
     # started meanwhile would undo or redo its steps under it.
     # Signals are caught from before the begin record: none leaves the run 'running'.
-    with exclusive(old), executor.locked(states, run_id), _stop_between_steps() as stop:
+    with (
+        exclusive(old),
+        executor.locked(states, run_id),
+        _stop_between_steps(RELOCATION_SIGNALS) as stop,
+    ):
         for unfinished in unfinished_runs(old):
             raise RefusedError(
                 f"gc run {unfinished.run_id} is unfinished; resume or roll it "
@@ -176,7 +187,9 @@ def _after_the_fact(
     journal = executor.journal_for(state_dir, rid)
     with executor.locked(state_dir, rid), executor.old_root_locked(journal):
         confirm(question.format(rid=rid, old=executor.view_of(journal).old), yes)
-        view = act(journal, _ctx(rid, json))
+        # The undo or removal under way finishes and is journaled; then it stops.
+        with _stop_between_steps(RELOCATION_SIGNALS) as stop:
+            view = act(journal, _ctx(rid, json, stop))
     typer.echo(dumps(view_dict(view)) if json else view_text(view))
     return view
 
@@ -193,7 +206,11 @@ def relocate_rollback(
     question = "Roll relocation {rid} back to {old}? Changes made on the new root are lost."
     view = _after_the_fact(run_id, state_dir, yes, json, question, executor.rollback)
     if view.state != "rolled-back":
-        raise executor.RelocationFailed(f"rollback of {view.run_id} did not finish: {view.error}")
+        journal = executor.journal_for(_state_dir(state_dir), view.run_id)
+        raise executor.RelocationFailed(
+            f"rollback of {view.run_id} did not finish: "
+            + executor.unfinished_rollback(journal, view)
+        )
 
 
 @relocate_app.command("finalize")

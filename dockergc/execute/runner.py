@@ -85,15 +85,22 @@ class _Stop:
         return {"type": "end", "state": state, "signal": signal.Signals(self.signum).name}
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A relocation stopped by a dropped SSH session would leave the daemon down, silently.
+RELOCATION_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
+
+
 @contextmanager
-def _stop_between_steps() -> Iterator[_Stop]:
-    """Turn SIGINT/SIGTERM into a request to stop after the current step."""
+def _stop_between_steps(
+    signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+) -> Iterator[_Stop]:
+    """Turn SIGINT/SIGTERM (or ``signals``) into a request to stop after the current step."""
     flag = _Stop()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         flag.signum = flag.signum or signum
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handler) for s in signals}
     try:
         yield flag
     finally:

@@ -28,7 +28,7 @@ from dockergc.config import SCHEMA
 from dockergc.errors import DockerGCError, Interrupted, RefusedError, UsageError
 from dockergc.execute import safefs
 from dockergc.execute.journal import Journal
-from dockergc.execute.runner import _Stop, _stop_between_steps
+from dockergc.execute.runner import RELOCATION_SIGNALS, _Stop, _stop_between_steps
 from dockergc.lock import exclusive, exclusive_file
 from dockergc.registry import Registry
 from dockergc.relocate import daemonjson
@@ -88,16 +88,18 @@ implementation_for = STEPS.implementation_for
 def _stop(step: S.StopDaemon, ctx: Context) -> None:
     daemon.run_command(step.cmd, ctx.timeout)
     root = Path(step.root)
-    daemon.wait_until(
-        lambda: not daemon.daemons_using(root), ctx.timeout, f"every daemon using {root} to exit"
+    daemon.wait_until_none(
+        lambda: [d.describe() for d in daemon.daemons_using(root)],
+        ctx.timeout,
+        f"every daemon using {root} to exit",
     )
 
 
 @implementation_for(S.WaitIdle)
 def _wait_idle(step: S.WaitIdle, ctx: Context) -> None:
     root = Path(step.root)
-    daemon.wait_until(
-        lambda: not daemon.processes_using(root), ctx.timeout, f"no process using {root}"
+    daemon.wait_until_none(
+        lambda: daemon.processes_using(root), ctx.timeout, f"no process using {root}"
     )
     pins, _ = read_pins(root)
     busy = sorted(p for p in pins if p != str(root))
@@ -258,8 +260,15 @@ def _bind(step: S.BindMount, ctx: Context) -> None:
 
 @implementation_for(S.Unmount)
 def _unmount(step: S.Unmount, ctx: Context) -> None:
-    if _mounted_at(step.old):
+    if not _mounted_at(step.old):
+        return
+    try:
         daemon.run_command(shlex.join(["umount", step.old]), ctx.timeout)
+    except daemon.EngineUnavailable as exc:
+        raise RefusedError(
+            f"cannot unmount the bind mount {step.old} ({exc}); find what holds it with "
+            f"'fuser -vm {step.old}' or 'lsof {step.old}', end it"
+        ) from exc
 
 
 def fstab_line(new: str, old: str) -> str:
@@ -321,18 +330,29 @@ def _switch(step: S.SwitchConfig, ctx: Context) -> None:
     daemonjson.write_atomic(config, daemonjson.switched(current, step.new_root), like)
 
 
-@implementation_for(S.RestoreConfig)
-def _restore(step: S.RestoreConfig, ctx: Context) -> None:
+def restorable(step: S.RestoreConfig) -> tuple[bool, bytes | None]:
+    """(whether daemon.json needs restoring, the original's bytes or None for no file);
+    ConfigConflict when the journal cannot account for it. Writes nothing: rollback asks
+    it before any undo runs."""
     config = Path(step.config)
     now = daemonjson.sha256_of(config)
     if now == step.original_sha256:
-        return  # the original is in place (or, as before, there is no file)
+        return False, None  # the original is in place (or, as before, there is no file)
     what = f"cannot restore {config}"
     original = None if step.original_sha256 is None else _verified_backup(step, what)
     if now != daemonjson.digest(daemonjson.switched(original, step.new_root)) and (
         original is None or now is not None  # only a missing file is safe to put back
     ):
         _conflict(step, what, now)
+    return True, original
+
+
+@implementation_for(S.RestoreConfig)
+def _restore(step: S.RestoreConfig, ctx: Context) -> None:
+    needed, original = restorable(step)
+    if not needed:
+        return
+    config = Path(step.config)
     if original is None:
         daemonjson.remove(config)  # the journal records there was none; this is ours
     else:
@@ -378,7 +398,7 @@ def perform(step: S.Step, ctx: Context) -> None:
 @dataclass
 class RelocationView:
     run_id: str
-    state: str  # running|relocated|rolling-back|rolled-back|rollback-failed|finalized
+    state: str  # running|relocated|rolling-back|rolled-back|rollback-failed|finalizing|finalized
     old: str
     new: str
     steps: list[dict[str, Any]]
@@ -421,7 +441,7 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
     SIGINT/SIGTERM once the step under way has finished and is journaled (``ctx.stop``:
     the caller installs the handler before its ``begin`` record; else it is done here)."""
     if ctx.stop is None:
-        with _stop_between_steps() as stop:
+        with _stop_between_steps(RELOCATION_SIGNALS) as stop:
             return run(journal, replace(ctx, stop=stop), start)
     head = _begin(journal)
     plan, old = [S.step_from_dict(d) for d in head["steps"]], Path(head["old"])
@@ -443,16 +463,8 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
             if ctx.stop.requested:  # the terminal's SIGINT reaches rsync and the commands too
                 _interrupted(journal, ctx, ctx.stop, step, exc)
             ctx.progress(f"{step.name} failed: {exc}; rolling back")
-            view = rollback(journal, ctx)
-            if view.state != "rolled-back":
-                raise RelocationFailed(
-                    f"relocation failed at {step.name}: {exc}; the rollback did not finish: "
-                    f"{view.error}"
-                ) from exc
-            raise RelocationFailed(
-                f"relocation failed at {step.name}: {exc}; rolled back "
-                f"({view.state}): the daemon runs on {view.old} again"
-            ) from exc
+            outcome = _roll_back_after(journal, ctx)
+            raise RelocationFailed(f"relocation failed at {step.name}: {exc}; {outcome}") from exc
         ctx.timings[step.name] = round(time.monotonic() - t0, 3)
         journal.append({"type": "done", "seq": i, "seconds": ctx.timings[step.name]})
     journal.append({"type": "end", "state": "relocated", "timings": ctx.timings})
@@ -471,29 +483,100 @@ def _interrupted(
     if exc is None:
         journal.append({"type": "fault", "error": f"interrupted by {name}", "signal": name})
     ctx.progress(f"{name}: rolling back")
-    view = rollback(journal, ctx)
+    outcome = _roll_back_after(journal, ctx)
     at = f"at {step.name}" + (f" ({exc})" if exc else "")
-    if view.state == "rolled-back":
-        outcome = f"rolled back: the daemon runs on {view.old} again"
-    else:
-        redo = command(journal.dir.parent.parent, "relocate", "rollback", journal.run_id)
-        outcome = f"the rollback did not finish: {view.error}; finish it with '{redo}'"
     raise Interrupted(
         f"relocation {journal.run_id} interrupted ({name}) {at}; {outcome}", stop.signum
     ) from exc
 
 
+def _roll_back_after(journal: Journal, ctx: Context) -> str:
+    """Roll back after a fault or a signal (a second signal does not cut it short); what
+    came of it, for the one line."""
+    try:
+        view = rollback(journal, replace(ctx, stop=None))
+    except ConfigConflict as exc:
+        return f"not rolled back: {exc}"
+    if view.state == "rolled-back":
+        return f"rolled back: the daemon runs on {view.old} again"
+    return f"the rollback did not finish: {unfinished_rollback(journal, view)}"
+
+
+def state_dir_of(journal: Journal) -> Path:
+    return journal.dir.parent.parent  # <state-dir>/relocations/<run>
+
+
+def unfinished_rollback(journal: Journal, view: RelocationView) -> str:
+    """Why a rollback did not finish, whether the daemon is down, and how to go on."""
+    records, plan = journal.records(), _plan(journal)
+    begun = [i for i, r in enumerate(records) if r.get("type") == "rollback-begin"]
+    since = records[begun[-1] if begun else 0 :]
+    started = any(r.get("type") == "undo-done" and r.get("step") == "start-daemon" for r in since)
+    stop = next((s for s in plan if isinstance(s, S.StopDaemon)), None)
+    stopped = any(
+        r.get("type") == "intent" and isinstance(plan[int(r["seq"])], S.StopDaemon) for r in records
+    )
+    if started or stop is None or not stopped:
+        daemon_now = "the daemon was started again" if started else "the daemon was not stopped"
+    else:
+        daemon_now = f"the daemon is down (start it with '{stop.start_cmd}')"
+    redo = command(state_dir_of(journal), "relocate", "rollback", journal.run_id)
+    return f"{view.error}; {daemon_now}; once that is settled, finish it with '{redo}'"
+
+
+def _plan(journal: Journal) -> list[S.Step]:
+    return [S.step_from_dict(d) for d in _begin(journal)["steps"]]
+
+
+def _refuse_unrestorable(journal: Journal, undo: list[S.Step]) -> None:
+    """Before any undo runs (the daemon not yet stopped): daemon.json and its backup must
+    be what the journal records, else refuse with nothing changed."""
+    for step in undo:
+        if not isinstance(step, S.RestoreConfig):
+            continue
+        try:
+            restorable(step)
+        except ConfigConflict as exc:
+            redo = command(state_dir_of(journal), "relocate", "rollback", journal.run_id)
+            raise ConfigConflict(
+                f"refusing to roll back relocation {journal.run_id}, nothing changed (the "
+                f"daemon left running): {exc}; put the right daemon.json in place by hand, "
+                f"then run '{redo}'",
+                hint="",
+            ) from None
+
+
+def _stop_if_asked(journal: Journal, ctx: Context, after: str) -> None:
+    """Ctrl-C/SIGTERM/SIGHUP during 'relocate rollback': the undo under way has finished
+    and is journaled; stop here (the run stays rolling-back), saying how to finish."""
+    if ctx.stop is None or not ctx.stop.requested:
+        return
+    assert ctx.stop.signum is not None
+    name = signal.Signals(ctx.stop.signum).name
+    journal.append({"type": "rollback-stopped", "signal": name, "after": after})
+    view = replace(view_of(journal), error=f"interrupted ({name}) after {after}")
+    raise Interrupted(
+        f"rollback of relocation {journal.run_id} interrupted: "
+        + unfinished_rollback(journal, view),
+        ctx.stop.signum,
+    )
+
+
 def rollback(journal: Journal, ctx: Context) -> RelocationView:
     """Undo every started step, newest first; the old root is left as it was.
 
-    If daemon.json cannot be restored, stop there: every later undo (remove the copy,
-    start the daemon) assumes daemon.json names the old root again."""
+    daemon.json is checked before any undo runs (refused: nothing changed). If it cannot
+    be restored even so, or the bind mount not unmounted, stop there: every later undo
+    (remove the copy, start the daemon) assumes the old root is what the old path and
+    daemon.json show again."""
     view = view_of(journal)
     if view.state == "finalized":
         raise RefusedError(
             f"relocation {journal.run_id} was finalized: the old root is gone, so there is "
             "nothing to roll back to (rolling back would remove the only copy)"
         )
+    if view.state == "finalizing":  # the copy is the only complete one
+        raise RefusedError(finalize_begun(journal), hint="")
     if view.state == "rolled-back":  # again: it would stop the daemon, empty the target
         raise UsageError(
             f"relocation {journal.run_id} was rolled back already; nothing to roll back "
@@ -501,20 +584,25 @@ def rollback(journal: Journal, ctx: Context) -> RelocationView:
         )
     records = journal.records()
     started = sorted({int(r["seq"]) for r in records if r.get("type") == "intent"}, reverse=True)
-    plan = [S.step_from_dict(d) for d in _begin(journal)["steps"]]
+    plan = _plan(journal)
+    _refuse_unrestorable(journal, [plan[i].reverse() for i in started])
     journal.append({"type": "rollback-begin"})
     failures: list[str] = []
     ran_on_new = any(isinstance(plan[i], S.StartDaemon) for i in started)
     if ran_on_new:
         stop = next(s for s in plan if isinstance(s, S.StopDaemon))
         _best_effort(journal, ctx, S.StopDaemon(stop.cmd, stop.start_cmd, stop.host, ""), failures)
+        _stop_if_asked(journal, ctx, "stop-daemon")
     for i in started:
         back = plan[i].reverse()
         if isinstance(back, S.StopDaemon) and ran_on_new:
             continue  # already stopped above, even if its start never answered
-        if not _best_effort(journal, ctx, back, failures) and isinstance(back, S.RestoreConfig):
+        done = _best_effort(journal, ctx, back, failures)
+        if not done and isinstance(back, (S.RestoreConfig, S.Unmount)):
             failures.append("rollback stopped there: the copy is kept and the daemon not started")
             break
+        if not isinstance(back, S.Noop):
+            _stop_if_asked(journal, ctx, back.name)
     state = "rollback-failed" if failures else "rolled-back"
     journal.append({"type": "rollback-end", "state": state, "failures": failures})
     return view_of(journal)
@@ -555,6 +643,8 @@ def view_of(journal: Journal) -> RelocationView:
             error = str(r.get("error"))
         if r.get("type") == "rollback-begin":
             state = "rolling-back"  # until its end: a rollback cut short is not resumable
+        if r.get("type") == "finalize-begin":
+            state = "finalizing"  # until its end: the old root is partly deleted
         if r.get("type") in ("end", "rollback-end", "finalize-end"):
             state = str(r["state"])
             timings = r.get("timings", timings)
@@ -592,6 +682,8 @@ def refuse_if_unfinished(state_dir: Path) -> None:
         if view.state in SETTLED:
             continue
         how = [command(state_dir, "relocate", "rollback", rid)]
+        if view.state == "finalizing":  # only forward: the old root is partly deleted
+            how = [command(state_dir, "relocate", "finalize", rid)]
         if view.state == "running":  # a half rollback only goes back
             how.insert(0, command(state_dir, "relocate", "--resume", rid))
         raise RefusedError(
@@ -650,7 +742,8 @@ def resume(journal: Journal, ctx: Context) -> RelocationView:
     if view.state in ("rolling-back", "rollback-failed"):
         raise RefusedError(
             f"relocation {journal.run_id} is {view.state}; it cannot go forward",
-            hint=f"finish the rollback: dockergc relocate rollback {journal.run_id}",
+            hint="finish the rollback: "
+            + command(state_dir_of(journal), "relocate", "rollback", journal.run_id),
         )
     if view.state != "running":
         raise UsageError(f"relocation {journal.run_id} is {view.state}; nothing to resume")
@@ -683,10 +776,20 @@ def refuse_unsafe_resume(run_id: str, old: Path, plan: list[S.Step], first: int)
         )
 
 
+def finalize_begun(journal: Journal) -> str:
+    redo = command(state_dir_of(journal), "relocate", "finalize", journal.run_id)
+    return (
+        f"finalize of {journal.run_id} began; the old root is partly deleted; "
+        f"run '{redo}' to finish it"
+    )
+
+
 def finalize(journal: Journal, ctx: Context) -> RelocationView:
-    """Remove the old root's contents after a successful relocation."""
+    """Remove the old root's contents after a successful relocation; a finalize cut short
+    (finalizing) is finished by running it again. Ctrl-C/SIGTERM/SIGHUP (``ctx.stop``)
+    stop it between entries, saying how to finish."""
     view = view_of(journal)
-    if view.state != "relocated":
+    if view.state not in ("relocated", "finalizing"):
         raise RefusedError(
             f"relocation {journal.run_id} is {view.state}; only a finished "
             "relocation can be finalized"
@@ -702,17 +805,26 @@ def finalize(journal: Journal, ctx: Context) -> RelocationView:
         busy = sorted(p for p in pins if p != str(old))
         if busy:
             raise RefusedError(f"refusing to remove {old}: {busy[0]} is mounted")
-    journal.append({"type": "finalize-begin"})
+    if view.state == "relocated":
+        journal.append({"type": "finalize-begin"})
     if view.fstab:
-        _remove_shadowed(old)
+        _remove_shadowed(old, journal, ctx)
     else:
-        for entry in sorted(os.listdir(old)):
-            safefs.remove_tree(str(old), entry)
+        _remove_entries(old, journal, ctx)
     journal.append({"type": "finalize-end", "state": "finalized"})
     return view_of(journal)
 
 
-def _remove_shadowed(old: Path) -> None:
+def _remove_entries(under: Path, journal: Journal, ctx: Context) -> None:
+    for entry in sorted(os.listdir(under)):
+        if ctx.stop is not None and ctx.stop.requested:
+            assert ctx.stop.signum is not None
+            name = signal.Signals(ctx.stop.signum).name
+            raise Interrupted(f"interrupted ({name}): {finalize_begun(journal)}", ctx.stop.signum)
+        safefs.remove_tree(str(under), entry)
+
+
+def _remove_shadowed(old: Path, journal: Journal, ctx: Context) -> None:
     """--bind mode: the old contents lie under the bind mount. A non-recursive bind of the
     filesystem holding them shows them (submounts are not carried), so remove them there."""
     import tempfile
@@ -724,9 +836,7 @@ def _remove_shadowed(old: Path) -> None:
     daemon.run_command(shlex.join(["mount", "--bind", holder.mount_point, str(view)]))
     try:
         rel = os.path.relpath(old, holder.mount_point)
-        under = view / rel
-        for entry in sorted(os.listdir(under)):
-            safefs.remove_tree(str(under), entry)
+        _remove_entries(view / rel, journal, ctx)
     finally:
         daemon.run_command(shlex.join(["umount", str(view)]))
         view.rmdir()

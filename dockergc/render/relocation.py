@@ -38,9 +38,11 @@ def view_text(view: RelocationView) -> str:
     )
     if view.error:
         text += f"\n  fault: {view.error}"
-    if view.fstab:
+    if view.fstab and view.state in ("relocated", "finalizing", "finalized"):
         text += "\n  --bind: add this line to /etc/fstab to keep the mount across reboots:"
         text += f"\n    {view.fstab}"
+    elif view.fstab and view.state == "rolled-back":
+        text += f"\n  --bind rolled back: remove the fstab line for {view.old} if you added it"
     if view.timings:
         text += "\n  " + ", ".join(f"{k} {v:.1f}s" for k, v in view.timings.items())
     return text
