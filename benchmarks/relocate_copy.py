@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dockergc.fixture.builder import RootBuilder  # noqa: E402
 from dockergc.relocate import steps as S  # noqa: E402
-from dockergc.relocate.executor import Context, perform  # noqa: E402
+from dockergc.relocate.impl import Context, perform  # noqa: E402
 
 
 def synthetic(root: Path, layers: int, files: int) -> Path:

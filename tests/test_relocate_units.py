@@ -12,7 +12,8 @@ import pytest
 from dockergc.errors import RefusedError
 from dockergc.relocate import daemonjson, executor
 from dockergc.relocate import steps as S
-from dockergc.relocate.executor import ConfigConflict, Context, perform, rebase
+from dockergc.relocate.executor import ConfigConflict, Context, perform
+from dockergc.relocate.impl import rebase
 from dockergc.relocate.plan import Control, plan_relocation
 from dockergc.relocate.preflight import Preflight, check_paths
 from dockergc.relocate.verify import compare
@@ -133,13 +134,13 @@ def test_path_checks(tmp_path: Path) -> None:
 def test_mount_commands_keep_paths_with_spaces_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     import shlex
 
-    from dockergc.relocate import executor
+    from dockergc.relocate import impl
 
     ran: list[list[str]] = []
     monkeypatch.setattr(
-        executor.daemon, "run_command", lambda cmd, timeout=0: ran.append(shlex.split(cmd))
+        impl.daemon, "run_command", lambda cmd, timeout=0: ran.append(shlex.split(cmd))
     )
-    monkeypatch.setattr(executor, "_mounted_at", lambda path: path == "/var/lib/my docker")
+    monkeypatch.setattr(impl, "_mounted_at", lambda path: path == "/var/lib/my docker")
     ctx = Context("r")
     perform(S.BindMount("/mnt/new disk/docker", "/srv/other root"), ctx)
     perform(S.Unmount("/var/lib/my docker", "/mnt/new disk/docker"), ctx)

@@ -32,7 +32,7 @@ from dockergc.execute.runner import (
     unfinished_runs,
 )
 from dockergc.lock import exclusive
-from dockergc.relocate import executor
+from dockergc.relocate import executor, impl
 from dockergc.relocate.plan import Control, plan_relocation
 from dockergc.render.jsonfmt import dumps
 from dockergc.render.relocation import preflight_text, view_dict, view_text
@@ -57,8 +57,8 @@ def _state_dir(flag: Path | None) -> Path:
     return Path(settings(state_dir=str(flag) if flag else None)["state_dir"].value)
 
 
-def _ctx(run_id: str, json: bool, stop: _Stop | None = None) -> executor.Context:
-    return executor.Context(
+def _ctx(run_id: str, json: bool, stop: _Stop | None = None) -> impl.Context:
+    return impl.Context(
         run_id,
         progress=(lambda _: None) if json else (lambda line: say(line, err=True)),
         stop=stop,
@@ -179,7 +179,7 @@ def _after_the_fact(
     yes: bool,
     json: bool,
     question: str,
-    act: Callable[[Journal, executor.Context], executor.RelocationView],
+    act: Callable[[Journal, impl.Context], executor.RelocationView],
 ) -> executor.RelocationView:
     """rollback/finalize: pick the run, ask, act, render."""
     state_dir = _state_dir(state_flag)
@@ -207,7 +207,7 @@ def relocate_rollback(
     view = _after_the_fact(run_id, state_dir, yes, json, question, executor.rollback)
     if view.state != "rolled-back":
         journal = executor.journal_for(_state_dir(state_dir), view.run_id)
-        raise executor.RelocationFailed(
+        raise impl.RelocationFailed(
             f"rollback of {view.run_id} did not finish: "
             + executor.unfinished_rollback(journal, view)
         )

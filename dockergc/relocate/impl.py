@@ -1,0 +1,383 @@
+"""Relocation steps carried out: one implementation per step kind, registered in one
+Registry (the only relocation code that changes disk or runs commands). ``executor``
+journals each step before it calls ``perform``."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dockergc import daemon
+from dockergc.errors import DockerGCError, RefusedError
+from dockergc.execute import safefs
+from dockergc.execute.runner import _Stop
+from dockergc.registry import Registry
+from dockergc.relocate import daemonjson
+from dockergc.relocate import steps as S
+from dockergc.relocate.targetfs import filesystem_of
+from dockergc.relocate.verify import compare
+from dockergc.store.snapshot import read_pins
+
+RELOCATIONS = "relocations"
+LOCK = "lock"  # <state-dir>/relocations/lock: one relocation command at a time
+# --delete makes a re-run converge on an exact copy (a killed rsync leaves its temp files,
+# ".<name>.XXXXXX", in the target); the excluded /.dockergc and the run's marker are
+# protected from it (and an old root's own marker from an earlier move is not copied).
+RSYNC = [
+    "rsync",
+    "-aHAX",
+    "--numeric-ids",
+    "--sparse",
+    "-x",
+    "--delete",
+    "--exclude=/.dockergc",
+    f"--exclude=/{S.MARKER_PREFIX}*",
+]
+PR_SET_PDEATHSIG = 1
+
+
+class RelocationFailed(DockerGCError):
+    """A step failed; the relocation was rolled back (the message says how far)."""
+
+
+class ConfigConflict(RefusedError):
+    """daemon.json is in a state the journal cannot account for: left exactly as it is."""
+
+    hint = (
+        "compare the two files, put the right daemon.json in place by hand, then run "
+        "'dockergc relocate rollback RUN' (or --resume RUN) again"
+    )
+
+
+@dataclass
+class Context:
+    run_id: str
+    progress: Callable[[str], None] = lambda _: None
+    # Test hook, called before each step runs (fault injection).
+    before_step: Callable[[S.Step], None] | None = None
+    timeout: float = 180.0
+    timings: dict[str, float] = field(default_factory=dict)
+    # SIGINT/SIGTERM seen (runner's handler); ``run`` installs one if the caller did not.
+    stop: _Stop | None = None
+
+
+STEPS = Registry("relocation step")
+implementation_for = STEPS.implementation_for
+
+
+@implementation_for(S.StopDaemon)
+def _stop(step: S.StopDaemon, ctx: Context) -> None:
+    daemon.run_command(step.cmd, ctx.timeout)
+    root = Path(step.root)
+    daemon.wait_until_none(
+        lambda: [d.describe() for d in daemon.daemons_using(root)],
+        ctx.timeout,
+        f"every daemon using {root} to exit",
+    )
+
+
+@implementation_for(S.WaitIdle)
+def _wait_idle(step: S.WaitIdle, ctx: Context) -> None:
+    root = Path(step.root)
+    daemon.wait_until_none(
+        lambda: daemon.processes_using(root), ctx.timeout, f"no process using {root}"
+    )
+    pins, _ = read_pins(root)
+    busy = sorted(p for p in pins if p != str(root))
+    if busy:
+        raise RefusedError(f"{root} still has mounts in use: {busy[0]} (+{len(busy) - 1} more)")
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when dockergc dies, even by SIGKILL, so a
+    killed dockergc never leaves a copy running into the target (prctl is resolved here,
+    before the fork)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    args = [ctypes.c_ulong(v) for v in (signal.SIGKILL, 0, 0, 0)]  # prctl(2) takes longs
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, *args) != 0 or os.getppid() != parent:
+            os._exit(127)  # no guarantee, or dockergc died before it took hold: no copy
+
+    return preexec
+
+
+def refuse_if_target_moved(step: S.Copy) -> None:
+    """Refuse unless the target is on the filesystem preflight found it on: with its disk
+    not mounted, mkdir -p and rsync would fill the filesystem beneath (often /)."""
+    if not step.fs:
+        return  # a journal from before the filesystem was recorded
+    now = filesystem_of(Path(step.new))
+    if now != step.fs:
+        raise RefusedError(
+            f"the target {step.new} is no longer on the filesystem it was planned on "
+            f"(planned: {step.fs}; now: {now}); mount it again"
+        )
+
+
+def _holds_marker(new: Path, marker: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(new / marker).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _write_marker(new: Path, marker: str, run_id: str) -> None:
+    """Made in place, not by rename: a kill leaves it (maybe empty) or nothing, never a
+    temp file that would make the target neither empty nor marked. fsync'd, file and
+    directory, before rsync writes anything: whatever the target holds from here on is
+    this run's copy, and the undo may remove it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(new / marker, flags, 0o600)
+    try:
+        os.write(fd, f"relocation {run_id}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    daemonjson.fsync_dir(new)
+
+
+@implementation_for(S.Copy)
+def _copy(step: S.Copy, ctx: Context) -> None:
+    refuse_if_target_moved(step)
+    new = Path(step.new)
+    new.mkdir(parents=True, exist_ok=True, mode=0o710)
+    if step.marker and not _holds_marker(new, step.marker):
+        if any(new.iterdir()):  # preflight found it empty: someone else's files since
+            raise RefusedError(
+                f"the target {new} is no longer empty and holds no {step.marker}; left as it is"
+            )
+        _write_marker(new, step.marker, ctx.run_id)
+    proc = subprocess.run(
+        [*RSYNC, f"{step.old}/", f"{step.new}/"],
+        capture_output=True,
+        text=True,
+        preexec_fn=_die_with_parent(os.getpid()),
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        raise RelocationFailed(f"copy failed (rsync exit {proc.returncode}): {last}")
+
+
+@implementation_for(S.RemoveCopy)
+def _remove_copy(step: S.RemoveCopy, ctx: Context) -> None:
+    """Empty the target only while it holds this run's marker, which goes last (a removal
+    cut short is finished by the next rollback); without it, remove nothing: the target
+    is not (or no longer) the copy this run made, e.g. its disk is not mounted, or
+    someone made it anew."""
+    new = Path(step.new)
+    if not new.is_dir():
+        return
+    entries = sorted(os.listdir(new))
+    if step.marker:
+        if not _holds_marker(new, step.marker):
+            if entries:
+                raise RefusedError(
+                    f"refusing to remove the contents of {new}: it does not hold "
+                    f"{step.marker}, so it is not the copy this relocation made; left as it "
+                    "is (remove it by hand if it is, then roll back again)"
+                )
+            return
+        entries.remove(step.marker)
+    for entry in entries:
+        safefs.remove_tree(str(new), entry)
+    if step.marker:
+        daemonjson.fsync_dir(new)  # the contents durably gone before the marker goes
+        daemonjson.remove(new / step.marker)
+
+
+@implementation_for(S.VerifyCopy)
+def _verify(step: S.VerifyCopy, ctx: Context) -> None:
+    count, diffs = compare(step.old, step.new)
+    if diffs:
+        first = diffs[0]
+        raise RelocationFailed(
+            f"the copy differs from the original at {first.path}: {first.what} "
+            f"({len(diffs)} difference(s) in {count} entries)"
+        )
+
+
+def rebase(value: Any, old: str, new: str) -> Any:
+    """Every string equal to ``old`` or under ``old/`` moved to ``new``, recursively."""
+    if isinstance(value, str):
+        if value == old or value.startswith(old + "/"):
+            return new + value[len(old) :]
+        return value
+    if isinstance(value, list):
+        return [rebase(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {k: rebase(v, old, new) for k, v in value.items()}
+    return value
+
+
+@implementation_for(S.RewritePaths)
+def _rewrite(step: S.RewritePaths, ctx: Context) -> None:
+    for path in sorted(Path(step.new, "containers").glob("*/*.json")):
+        if path.is_symlink() or path.name not in ("config.v2.json", "hostconfig.json"):
+            continue
+        doc = json.loads(path.read_text())
+        moved = rebase(doc, step.old, step.new)
+        if moved != doc:
+            text = json.dumps(moved, separators=(",", ":"))
+            daemonjson.write_atomic(path, text.encode(), like=os.stat(path))
+
+
+@implementation_for(S.Relabel)
+def _relabel(step: S.Relabel, ctx: Context) -> None:
+    if shutil.which("restorecon"):
+        daemon.run_command(shlex.join(["restorecon", "-R", step.new]), ctx.timeout * 10)
+
+
+def _mounted_at(path: str) -> bool:
+    with open("/proc/self/mountinfo", errors="surrogateescape") as fh:
+        return any(line.split()[4] == path for line in fh)
+
+
+@implementation_for(S.BindMount)
+def _bind(step: S.BindMount, ctx: Context) -> None:
+    if not _mounted_at(step.old):
+        daemon.run_command(shlex.join(["mount", "--bind", step.new, step.old]), ctx.timeout)
+
+
+@implementation_for(S.Unmount)
+def _unmount(step: S.Unmount, ctx: Context) -> None:
+    if not _mounted_at(step.old):
+        return
+    try:
+        daemon.run_command(shlex.join(["umount", step.old]), ctx.timeout)
+    except daemon.EngineUnavailable as exc:
+        raise RefusedError(
+            f"cannot unmount the bind mount {step.old} ({exc}); find what holds it with "
+            f"'fuser -vm {step.old}' or 'lsof {step.old}', end it"
+        ) from exc
+
+
+def fstab_line(new: str, old: str) -> str:
+    return f"{new} {old} none bind 0 0"
+
+
+def _conflict(step: S.SwitchConfig | S.RestoreConfig, what: str, current: str | None) -> None:
+    raise ConfigConflict(
+        f"{what}: {step.config} (sha256 {current or 'absent'}) is neither the original "
+        f"(sha256 {step.original_sha256 or 'absent'}) nor what this relocation wrote; "
+        f"left as it is; the original is kept at {step.backup}"
+    )
+
+
+def _verified_backup(step: S.SwitchConfig | S.RestoreConfig, what: str) -> bytes:
+    """The backup's bytes, if they are the journaled original; else refuse."""
+    data = daemonjson.read(Path(step.backup))
+    if data is None or daemonjson.digest(data) != step.original_sha256:
+        found = "missing" if data is None else f"sha256 {daemonjson.digest(data)}"
+        raise ConfigConflict(
+            f"{what}: the backup {step.backup} is not the original ({found}; the journal "
+            f"records sha256 {step.original_sha256}); {step.config} left as it is"
+        )
+    return data
+
+
+@implementation_for(S.BackupConfig)
+def _backup(step: S.BackupConfig, ctx: Context) -> None:
+    config, backup = Path(step.config), Path(step.backup)
+    if step.original_sha256 is not None and daemonjson.sha256_of(backup) == step.original_sha256:
+        return  # kept already
+    data = daemonjson.read(config)
+    if daemonjson.digest(data) != step.original_sha256:
+        raise ConfigConflict(
+            f"{config} changed since preflight (sha256 {daemonjson.digest(data) or 'absent'}, "
+            f"preflight read {step.original_sha256 or 'no file'}); nothing was switched; "
+            "run the relocation again"
+        )
+    if data is None:
+        return  # there is nothing to keep: the journal says so (original_sha256 null)
+    daemonjson.write_atomic(backup, data, like=os.stat(config))
+    if daemonjson.sha256_of(backup) != step.original_sha256:
+        raise RelocationFailed(f"the backup {backup} does not read back as {config}")
+
+
+@implementation_for(S.SwitchConfig)
+def _switch(step: S.SwitchConfig, ctx: Context) -> None:
+    config = Path(step.config)
+    current = daemonjson.read(config)
+    now = daemonjson.digest(current)
+    if now != step.original_sha256:
+        original = None if step.original_sha256 is None else _verified_backup(step, "switch")
+        if now == daemonjson.digest(daemonjson.switched(original, step.new_root)):
+            return  # switched already (a resumed run)
+        _conflict(step, "refusing to switch", now)
+    if step.original_sha256 is not None:
+        _verified_backup(step, "refusing to switch")  # never switch without a good backup
+    like = os.stat(config) if current is not None else None
+    daemonjson.write_atomic(config, daemonjson.switched(current, step.new_root), like)
+
+
+def restorable(step: S.RestoreConfig) -> tuple[bool, bytes | None]:
+    """(whether daemon.json needs restoring, the original's bytes or None for no file);
+    ConfigConflict when the journal cannot account for it. Writes nothing: rollback asks
+    it before any undo runs."""
+    config = Path(step.config)
+    now = daemonjson.sha256_of(config)
+    if now == step.original_sha256:
+        return False, None  # the original is in place (or, as before, there is no file)
+    what = f"cannot restore {config}"
+    original = None if step.original_sha256 is None else _verified_backup(step, what)
+    if now != daemonjson.digest(daemonjson.switched(original, step.new_root)) and (
+        original is None or now is not None  # only a missing file is safe to put back
+    ):
+        _conflict(step, what, now)
+    return True, original
+
+
+@implementation_for(S.RestoreConfig)
+def _restore(step: S.RestoreConfig, ctx: Context) -> None:
+    needed, original = restorable(step)
+    if not needed:
+        return
+    config = Path(step.config)
+    if original is None:
+        daemonjson.remove(config)  # the journal records there was none; this is ours
+    else:
+        daemonjson.write_atomic(config, original, like=os.stat(step.backup))
+
+
+@implementation_for(S.StartDaemon)
+def _start(step: S.StartDaemon, ctx: Context) -> None:
+    daemon.run_command(step.cmd, ctx.timeout)
+
+    def on_root() -> bool:
+        try:
+            return os.path.realpath(daemon.engine_state(step.host).root) == step.expect_root
+        except daemon.EngineUnavailable:
+            return False
+
+    daemon.wait_until(on_root, ctx.timeout, f"the daemon to answer on {step.expect_root}")
+
+
+@implementation_for(S.PostVerify)
+def _post_verify(step: S.PostVerify, ctx: Context) -> None:
+    state = daemon.engine_state(step.host)
+    got = (os.path.realpath(state.root), state.images, state.containers)
+    want = (step.root, step.images, step.containers)
+    if got != want:
+        raise RelocationFailed(
+            f"after the move the daemon reports root, images, containers {got}, expected {want}"
+        )
+
+
+@implementation_for(S.Noop)
+def _noop(step: S.Noop, ctx: Context) -> None:
+    pass
+
+
+def perform(step: S.Step, ctx: Context) -> None:
+    STEPS.perform(step, ctx)
