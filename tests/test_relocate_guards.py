@@ -490,9 +490,21 @@ def test_a_busy_bind_mount_stops_the_rollback_before_removing_the_copy(
     finally:
         holder.kill()
         holder.wait()
-    out = run_cli(*rollback).stdout
-    assert "rolled-back" in out and "add this line to /etc/fstab" not in out
-    assert f"remove the fstab line for {old} if you added it" in out
+    try:
+        out = run_cli(*rollback).stdout
+        assert "rolled-back" in out and "add this line to /etc/fstab" not in out
+        assert f"remove the fstab line for {old} if you added it" in out
+        assert not _mounted(old), "the rollback left the bind mount in place"
+    finally:  # never leave a mount behind for the rest of the suite, whatever failed
+        for _ in range(5):  # stacked mounts come off one at a time
+            if not _mounted(old):
+                break
+            subprocess.run(["umount", "-l", str(old)], check=False)
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as fh:
+        return any(line.split()[4] == str(path) for line in fh)
 
 
 def test_ctrl_c_during_rollback_finishes_the_undo_and_says_how_to_go_on(
