@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 DOCKER = "/usr/bin/docker"  # Debian's 20.10 client: BuildKit built in
+# Every real-engine test that is not about one engine's own behaviour runs on each of these.
+ENGINE_VERSIONS = ("20.10", "28.5")
 BUSYBOX = "/usr/bin/busybox"
 
 
@@ -50,7 +52,10 @@ class Engine:
     """``root_in_config``: the data root is named in daemon.json (not on the command line),
     as on a real host, so that relocation's config switch is what moves it."""
 
-    def __init__(self, base: Path | None = None, root_in_config: bool = False) -> None:
+    def __init__(
+        self, base: Path | None = None, root_in_config: bool = False, version: str = "20.10"
+    ) -> None:
+        self.version = version
         self.base = base or Path(tempfile.mkdtemp(prefix="dgc-", dir="/tmp"))
         self.base.mkdir(parents=True, exist_ok=True)
         self.root = self.base / "root"
