@@ -10,7 +10,7 @@ import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,20 @@ def plan_root(
     usage: dict[str, Usage | None] = {}
     if not graph.freeze:
         # Never walk into a mount (a bind mount may bring in files from outside).
-        usage = measure_all(str(root), [c.path for c in cands if pin_reason(snap, c.path) is None])
+        paths = [p for c in cands for p in c.paths]
+        usage = measure_all(str(root), [p for p in paths if pin_reason(snap, p) is None])
+    if policy.daemon is None and graph.layers_unreferenced:
+        policy = replace(policy, daemon=_daemon_on(root))
     return snap, graph, make_plan(snap, graph, cands, usage, policy)
+
+
+def _daemon_on(root: Path) -> str | None:
+    """Who runs on ``root`` now, if anyone: a plan made while a daemon runs reports the
+    unreferenced layers it holds in memory instead of planning them."""
+    from dockergc.daemon import daemons_using
+
+    users = [d for d in daemons_using(root) if d.kind != "process"]
+    return users[0].describe() if users else None
 
 
 def inventory(snap: Snapshot, graph: Graph) -> dict[str, Any]:

@@ -1,9 +1,13 @@
-"""Mark: which overlay2 dirs and short links does anything still reference?
+"""Mark: which layers, overlay2 dirs and short links does anything still reference?
 
-Roots are every layerdb layer, every layerdb mount record (containers, builders,
-type=image mounts alike), every BuildKit record, and every live mount in any mount
-namespace. From live dirs, ``lower`` files reach their parents. Whatever is reached
-is kept, with the reason it was reached.
+Layer roots are every image's chain (imagedb, the legacy builder's intermediate images
+included), every layerdb mount record's parent, and every layer BuildKit's records
+name; a root keeps its ancestors (``parent``). Dir roots are the dirs of those layers,
+every mount record's dirs (containers, builders, type=image mounts alike), every
+BuildKit record, and every live mount in any mount namespace. From live dirs, ``lower``
+files reach their parents. Whatever is reached is kept, with the reason it was reached.
+A layerdb layer nothing reaches (a crash mid-rmi or mid-load leaves whole chains) is
+unreferenced unless its dir turns out to be reached after all.
 
 Inconsistent state (an image naming a layer layerdb lacks, a container without a
 mount record, records we cannot read) *freezes* deletion of layer dirs: we cannot
@@ -18,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dockergc.store.ids import is_hex64
-from dockergc.store.layers import MountRecord
+from dockergc.store.layers import LayerRecord, MountRecord
 from dockergc.store.overlay import LAYER_NAME
 from dockergc.store.snapshot import Snapshot
 
@@ -38,6 +42,14 @@ class Graph:
     # dir name -> why it is kept though no record names it (also in ``live``): it may be
     # the dir of a mount record whose mount-id or init-id names no dir.
     guarded: dict[str, str] = field(default_factory=dict)
+    # Layerdb layers nothing reaches, children before parents (the order to remove them).
+    layers_unreferenced: tuple[str, ...] = ()
+    # chain id -> unreferenced layers that must go before it (its children, by ``parent``
+    # or by a dir's ``lower``): a parent never goes while a kept child names it.
+    layer_after: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # chain id -> why a layer no root reaches is kept all the same (its dir is in use).
+    layers_kept: dict[str, str] = field(default_factory=dict)
+    layer_roots: tuple[str, ...] = ()  # what was checked: the evidence of every such layer
 
 
 def is_layer_dir_name(name: str) -> bool:
@@ -75,7 +87,11 @@ class _Marker:
                     )
                 owner[d.link] = d.name
         self.queue: deque[str] = deque()
+        self.claims: dict[str, str] = {}  # dir -> the record that names it
         self.layer_by_chain = {layer.chain_id: layer for layer in snap.layers.layers}
+        self.layer_reason: dict[str, str] = {}  # chain id -> why a root reaches it
+        self.unreached: dict[str, LayerRecord] = {}  # layers no root reaches
+        self.layers_kept: dict[str, str] = {}  # ... and kept all the same
         # Dirs a -removing layerdb record names: accounted for (being deleted).
         self.pending_dirs = {r.cache_id for r in snap.layers.removing if r.cache_id}
 
@@ -84,17 +100,56 @@ class _Marker:
             self.live[name] = reason
             self.queue.append(name)
 
-    def claim(self, name: str, reason: str) -> None:
-        """Keep a dir a layerdb record names. Each dir belongs to one record: a second
-        claim means some record's id was copied or changed, and the dir it meant before
-        may now look unreferenced. Which one cannot be told, so nothing is deleted."""
-        if name in self.live:
+    def claim(self, name: str, reason: str, live: bool = True) -> None:
+        """Note that a layerdb record names a dir, and keep it if ``live``. Each dir
+        belongs to one record: a second claim means some record's id was copied or
+        changed, and the dir it meant before may now look unreferenced. Which one cannot
+        be told, so nothing is deleted."""
+        if name in self.claims:
             self.freeze.append(
-                f"overlay2/{name} is claimed by two records: {self.live[name]}, and {reason}"
+                f"overlay2/{name} is claimed by two records: {self.claims[name]}, and {reason}"
             )
-        else:
-            self.live[name] = reason
-            self.queue.append(name)
+            return
+        self.claims[name] = reason
+        if live:
+            self.keep(name, reason)
+
+    def reach_layers(self, image_users: dict[str, str]) -> None:
+        """Which layerdb layers a root reaches: image chains, mount records' parents,
+        BuildKit's records, and every ancestor of those (by ``parent``)."""
+        snap, reason = self.snap, self.layer_reason
+        reason.update(image_users)
+        for mount in snap.layers.mounts:
+            if mount.parent:
+                reason.setdefault(mount.parent, f"parent of mount record {_short(mount.name)}")
+        bk = snap.buildkit
+        for layer in snap.layers.layers:
+            hexes = (layer.chain_id[7:], (layer.diff_id or "")[7:])
+            if layer.chain_id in bk.chain_ids or any(h in bk.hex_ids for h in hexes):
+                reason.setdefault(layer.chain_id, "named in BuildKit's records (buildkit/*.db)")
+        queue = deque(c for c in reason if c not in image_users)  # image chains are whole
+        while queue:
+            chain = queue.popleft()
+            rec = self.layer_by_chain.get(chain)
+            if rec is None:
+                continue  # an image missing a layer freezes (check_consistency)
+            if rec.bad_parent:
+                self.freeze.append(
+                    f"layer {_short(chain[7:])} ({reason[chain]}) has an unreadable parent "
+                    "file: its ancestors are unknown"
+                )
+            parent = rec.parent
+            if parent and parent not in reason:
+                if parent not in self.layer_by_chain:
+                    self.broken.append(
+                        f"layer {_short(chain[7:])} names parent {_short(parent[7:])}, "
+                        "which layerdb lacks"
+                    )
+                why = reason[chain]  # the root's reason, not a nest of them (depth 128)
+                if not why.startswith("ancestor of "):
+                    why = f"ancestor of layer {_short(chain[7:])} ({why})"
+                reason[parent] = why
+                queue.append(parent)
 
     def mark_roots(self) -> None:
         snap = self.snap
@@ -105,11 +160,18 @@ class _Marker:
         for image in snap.images.images:
             label = ", ".join(sorted(tags_by_image.get(image.id, []))) or _short(image.id[7:])
             for chain in image.chain_ids:
-                users.setdefault(chain, f"image {label}")
+                users.setdefault(chain, f"layer of image {label}")
+        self.reach_layers(users)
         # Layers and mount records first, while only their claims are in self.live.
         for layer in snap.layers.layers:
-            who = users.get(layer.chain_id, "no image (kept while layerdb holds it)")
-            self.claim(layer.cache_id, f"layer {_short(layer.chain_id[7:])} of {who}")
+            who = self.layer_reason.get(layer.chain_id)
+            self.claim(
+                layer.cache_id,
+                f"layer {_short(layer.chain_id[7:])}: {who or 'no root reaches it'}",
+                live=who is not None,
+            )
+            if who is None:
+                self.unreached[layer.chain_id] = layer
             if layer.cache_id not in self.dirs:
                 # moby renames a layer -removing before deleting its dir, so a plain
                 # entry without its dir is corruption or a hand deletion: its cache-id
@@ -280,6 +342,81 @@ class _Marker:
 
         return fits
 
+    def keep_reached_layers(self) -> None:
+        """An unreached layer whose dir something live reaches (a lower file, a mount, a
+        BuildKit record, a guarded dir) is in use after all: keep it, its ancestors, and
+        their dirs, until nothing changes."""
+        while True:
+            news: dict[str, str] = {}
+            for chain, layer in self.unreached.items():
+                if chain in self.layers_kept or chain in news:
+                    continue
+                why = self._in_use(layer)
+                if why:
+                    news[chain] = why
+                    parent = layer.parent
+                    while parent in self.unreached and parent not in self.layers_kept:
+                        news.setdefault(parent, f"parent of kept layer {_short(chain[7:])}")
+                        parent = self.unreached[parent].parent
+            if not news:
+                return
+            self.layers_kept.update(news)
+            for chain, why in news.items():
+                self.keep(self.unreached[chain].cache_id, f"layer {_short(chain[7:])}: {why}")
+            self.propagate()
+
+    def _in_use(self, layer: LayerRecord) -> str | None:
+        cache = layer.cache_id
+        if cache in self.live:
+            return f"its dir overlay2/{_short(cache)} is in use: {self.live[cache]}"
+        if cache in self.pending_dirs:
+            return f"a -removing layerdb record names its dir overlay2/{_short(cache)} too"
+        if cache not in self.dirs:
+            return f"its dir overlay2/{_short(cache)} is missing"
+        if not is_layer_dir_name(cache):
+            return f"its dir name {cache} is not a daemon layer id"
+        return None
+
+    def order_unreferenced(self) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+        """The layers to remove, children first, and for each the ones that must go first:
+        children by ``parent``, and by ``lower`` (a dir lists every ancestor's link)."""
+        gone = {c: layer for c, layer in self.unreached.items() if c not in self.layers_kept}
+        by_dir = {layer.cache_id: c for c, layer in gone.items()}
+        after: dict[str, set[str]] = {c: set() for c in gone}
+        for chain, layer in gone.items():
+            if layer.parent in gone:
+                after[layer.parent].add(chain)
+            d = self.dirs.get(layer.cache_id)
+            for short in d.lower if d is not None else ():
+                ancestor = by_dir.get(self.link_owner.get(short, ""))
+                if ancestor is not None and ancestor != chain:
+                    after[ancestor].add(chain)
+        # Children first: a layer comes once everything that must precede it has come.
+        order: list[str] = []
+        placed: set[str] = set()
+        pending = sorted(gone)
+        while pending:
+            ready = [c for c in pending if after[c] <= placed]
+            if not ready:  # a loop of parents: only corrupt records make one
+                self.freeze.append(
+                    f"layers {', '.join(_short(c[7:]) for c in pending[:3])} name each other "
+                    "as parents (a loop)"
+                )
+                break
+            order += ready
+            placed.update(ready)
+            pending = [c for c in pending if c not in placed]
+        return tuple(order), {c: tuple(sorted(after[c])) for c in order if after[c]}
+
+    def roots_checked(self) -> tuple[str, ...]:
+        snap = self.snap
+        return (
+            f"no image's layer chain names it ({len(snap.images.images)} images in imagedb, "
+            "the legacy builder's intermediate images included)",
+            f"no layerdb mount record's parent chain ({len(snap.layers.mounts)} records)",
+            f"not named in BuildKit's records ({len(snap.buildkit.files)} files)",
+        )
+
     def check_consistency(self) -> None:
         snap = self.snap
         for f in snap.findings:
@@ -339,6 +476,8 @@ def mark(snap: Snapshot) -> Graph:
     marker.propagate()
     guarded = marker.guard_dangling_mounts()
     marker.propagate()
+    marker.keep_reached_layers()
+    order, after = marker.order_unreferenced()
     marker.check_consistency()
     return Graph(
         live=dict(sorted(marker.live.items())),
@@ -348,4 +487,8 @@ def mark(snap: Snapshot) -> Graph:
         freeze=tuple(dict.fromkeys(marker.freeze)),
         broken=tuple(dict.fromkeys(marker.broken)),
         guarded=guarded,
+        layers_unreferenced=order,
+        layer_after=after,
+        layers_kept=dict(sorted(marker.layers_kept.items())),
+        layer_roots=marker.roots_checked(),
     )

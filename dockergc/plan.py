@@ -26,6 +26,7 @@ PLAN_VERSION = 1
 KINDS = (
     "stale-init",
     "orphan-layer",
+    "unreferenced-layer",  # one item: the layerdb record, its dir and its l/ link
     "orphan-link",
     "dangling-link",
     "removing-layer",
@@ -39,6 +40,9 @@ class Policy:
     min_age: float = 3600.0  # seconds; younger candidates may belong to an in-flight pull/build
     excludes: tuple[str, ...] = ()
     now: float = field(default_factory=time.time)
+    # Who runs on the root, if anyone (``--live``, or found running): a running daemon
+    # holds every layerdb layer in memory, so unreferenced layers are then only reported.
+    daemon: str | None = None
 
     def excluded(self, rel_path: str) -> str | None:
         name = rel_path.rsplit("/", 1)[-1]
@@ -46,6 +50,15 @@ class Policy:
             if fnmatch.fnmatchcase(rel_path, pattern) or fnmatch.fnmatchcase(name, pattern):
                 return pattern
         return None
+
+
+@dataclass(frozen=True)
+class Part:
+    """A path that goes with an action's own, in the same step (a layer's dir, its link)."""
+
+    path: str
+    dev: int
+    ino: int
 
 
 @dataclass(frozen=True)
@@ -60,10 +73,18 @@ class Action:
     dev: int  # identity when planned: the executor refuses a path that changed
     ino: int
     depends_on: str | None = None  # removed only if this path was removed in the same run
+    parts: tuple[Part, ...] = ()  # moved with ``path`` in one step, put back with it
+    after: tuple[str, ...] = ()  # removed only if all these were removed before it (children)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return (self.path, *(p.path for p in self.parts))
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["evidence"] = list(self.evidence)
+        d["parts"] = [asdict(p) for p in self.parts]
+        d["after"] = list(self.after)
         return d
 
 
@@ -86,6 +107,13 @@ class Candidate:
     reason: str
     evidence: tuple[str, ...]
     depends_on: str | None = None  # e.g. an orphan link waits on its dir's verdict
+    parts: tuple[str, ...] = ()  # paths that go with ``path`` as one item
+    after: tuple[str, ...] = ()  # candidates that must go first (a layer's children)
+    rank: int = 0  # order within its kind: children before parents
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return (self.path, *self.parts)
 
 
 @dataclass(frozen=True)
@@ -147,6 +175,11 @@ class Plan:
                     dev=int(a["dev"]),
                     ino=int(a["ino"]),
                     depends_on=_safe_rel(a["depends_on"]) if a.get("depends_on") else None,
+                    parts=tuple(
+                        Part(_safe_rel(p["path"]), int(p["dev"]), int(p["ino"]))
+                        for p in a.get("parts", ())
+                    ),
+                    after=tuple(_safe_rel(x) for x in a.get("after", ())),
                 )
                 for a in doc["actions"]
             )
@@ -192,8 +225,13 @@ def candidates(snap: Snapshot, graph: Graph) -> list[Candidate]:
     out: list[Candidate] = []
     namespaces = f"not mounted in any of {snap.mount_namespaces} mount namespaces"
     dir_names = {d.name: d for d in snap.overlay.dirs}
+    layers = layer_candidates(snap, graph, namespaces)
+    grouped = {p for c in layers for p in c.parts}  # a layer's dir and link go with it
+    out += layers
     for d in snap.overlay.dirs:
         if d.name in graph.live or not is_layer_dir_name(d.name):
+            continue
+        if f"overlay2/{d.name}" in grouped:
             continue
         rel = f"overlay2/{d.name}"
         link_note = f"its link l/{d.link} is in no live lower file" if d.link else "has no link"
@@ -244,7 +282,7 @@ def candidates(snap: Snapshot, graph: Graph) -> list[Candidate]:
         rel = f"overlay2/l/{link.short}"
         if link.short in graph.live_links or link.target_dir is None:
             continue
-        if link.target_dir in graph.live:
+        if link.target_dir in graph.live or rel in grouped:
             continue
         if link.target_dir not in dir_names:
             out.append(
@@ -299,6 +337,48 @@ def candidates(snap: Snapshot, graph: Graph) -> list[Candidate]:
     return out
 
 
+def layer_candidates(snap: Snapshot, graph: Graph, namespaces: str) -> list[Candidate]:
+    """Layerdb layers nothing reaches: each one item with its dir and its l/ link, in
+    the graph's order (children first), each after the children that name it."""
+    by_chain = {layer.chain_id: layer for layer in snap.layers.layers}
+    dirs = {d.name: d for d in snap.overlay.dirs}
+    links = {link.short: link for link in snap.overlay.links}
+
+    def rel(chain: str) -> str:
+        return f"image/overlay2/layerdb/sha256/{chain[7:]}"
+
+    out = []
+    for rank, chain in enumerate(graph.layers_unreferenced):
+        layer = by_chain[chain]
+        d = dirs[layer.cache_id]  # the graph keeps a layer whose dir is missing
+        parts = [f"overlay2/{d.name}"]
+        link = links.get(d.link or "")
+        link_note = ", no l/ link"
+        if link is not None and link.target_dir == d.name:
+            parts.append(f"overlay2/l/{link.short}")
+            link_note = f", link l/{link.short}"
+        size = f"{layer.size:,} bytes" if layer.size is not None else "size unrecorded"
+        out.append(
+            Candidate(
+                "unreferenced-layer",
+                rel(chain),
+                "layer no image, container or build cache uses (left by a crash mid-rmi "
+                "or mid-load)",
+                (
+                    f"layer {chain} (diff {layer.diff_id or 'unrecorded'}, {size} by "
+                    f"layerdb), dir overlay2/{d.name}{link_note}",
+                    *graph.layer_roots,
+                    "no live layer's lower file lists its link",
+                    namespaces,
+                ),
+                parts=tuple(parts),
+                after=tuple(rel(c) for c in graph.layer_after.get(chain, ())),
+                rank=rank,
+            )
+        )
+    return out
+
+
 def pin_reason(snap: Snapshot, rel: str) -> str | None:
     absolute = f"{snap.root}/{rel}"
     for path, why in snap.pinned.items():
@@ -333,6 +413,11 @@ def make_plan(
     kept += [
         Kept(f"overlay2/{name}", "maybe-referenced", why) for name, why in graph.guarded.items()
     ]
+    # No root reaches these layers, yet their dirs are in use: kept, and said so.
+    kept += [
+        Kept(f"image/overlay2/layerdb/sha256/{chain[7:]}", "unreferenced-layer", f"in use: {why}")
+        for chain, why in graph.layers_kept.items()
+    ]
     acted: set[str] = set()
     held: dict[str, str] = {}  # candidate path -> why it is kept
     # A -removing record younger than the grace period: the daemon may be deleting that
@@ -349,15 +434,14 @@ def make_plan(
                 f"its layerdb record {cand.path.rsplit('/', 1)[-1][:20]}…-removing is younger "
                 "than the grace period: the daemon may be deleting it now"
             )
-    for cand in sorted(cands, key=lambda c: (c.depends_on is not None, c.path)):
-        reason = held.get(cand.path) or _keep_reason(
-            snap, graph, cand, usage.get(cand.path), policy, acted, held
-        )
+    rank = {c.path: c.rank for c in cands}
+    for cand in sorted(cands, key=lambda c: (c.depends_on is not None, c.rank, c.path)):
+        u = _usage_of(cand, usage)
+        reason = held.get(cand.path) or _keep_reason(snap, graph, cand, u, policy, acted, held)
         if reason:
             held[cand.path] = reason
             kept.append(Kept(cand.path, cand.kind, reason))
             continue
-        u = usage[cand.path]
         assert u is not None
         age = max(0, int(policy.now - u.newest_change))
         acted.add(cand.path)
@@ -373,9 +457,11 @@ def make_plan(
                 dev=u.dev,
                 ino=u.ino,
                 depends_on=cand.depends_on,
+                parts=tuple(_part(p, usage[p]) for p in cand.parts),
+                after=cand.after,
             )
         )
-    actions.sort(key=lambda a: (KIND_ORDER[a.kind], a.path))
+    actions.sort(key=lambda a: (KIND_ORDER[a.kind], rank.get(a.path, 0), a.path))
     kept.sort(key=lambda k: (k.path, k.kind))
     return Plan(
         version=PLAN_VERSION,
@@ -387,6 +473,31 @@ def make_plan(
         kept=tuple(kept),
         frozen=graph.freeze,
     )
+
+
+def _usage_of(cand: Candidate, usage: Mapping[str, Usage | None]) -> Usage | None:
+    """The candidate's usage; for one of several paths, theirs together (None if any
+    vanished): bytes summed, the newest change of any, the first path's identity."""
+    if not cand.parts:
+        return usage.get(cand.path)
+    each = [usage.get(p) for p in cand.paths]
+    if any(u is None for u in each):
+        return None
+    us = [u for u in each if u is not None]
+    return Usage(
+        bytes=sum(u.bytes for u in us),
+        newest_change=max(u.newest_change for u in us),
+        dev=us[0].dev,
+        ino=us[0].ino,
+        entries=sum(u.entries for u in us),
+        other_mounts=tuple(m for u in us for m in u.other_mounts),
+        errors=tuple(e for u in us for e in u.errors),
+    )
+
+
+def _part(path: str, u: Usage | None) -> Part:
+    assert u is not None  # _usage_of kept the candidate otherwise
+    return Part(path, u.dev, u.ino)
 
 
 def _keep_reason(
@@ -404,15 +515,26 @@ def _keep_reason(
             + graph.freeze[0]
             + (f" (+{len(graph.freeze) - 1} more)" if len(graph.freeze) > 1 else "")
         )
-    pattern = policy.excluded(cand.path)
-    if pattern:
-        return f"excluded by --exclude {pattern}"
+    for path in cand.paths:
+        pattern = policy.excluded(path)
+        if pattern:
+            return f"excluded by --exclude {pattern}"
     if cand.depends_on and cand.depends_on not in acted:
         why = held.get(cand.depends_on, "it is live")
         return f"kept with {cand.depends_on}: {why}"
-    pin = pin_reason(snap, cand.path)
-    if pin:
-        return f"mounted: {pin}"
+    for child in cand.after:
+        if child not in acted:
+            why = held.get(child, "kept")
+            return f"kept with its child layer {child.rsplit('/', 1)[-1][:12]}: {why}"
+    if cand.kind == "unreferenced-layer" and policy.daemon:
+        return (
+            f"{policy.daemon} holds every layerdb layer in memory and would reuse this "
+            "one for a pull: only a gc while the daemon is stopped removes it"
+        )
+    for path in cand.paths:
+        pin = pin_reason(snap, path)
+        if pin:
+            return f"mounted: {pin}"
     if u is None:
         return "vanished while measured"
     if u.other_mounts:

@@ -121,7 +121,8 @@ def policy_from_flags(min_age: str | None, exclude: list[str] | None, live: bool
     seconds = parse_duration(str(chosen.value), chosen.source)
     if live and seconds < LIVE_FLOOR_SECONDS:
         raise UsageError("--live needs --min-age of at least 1h: in-flight pulls and builds")
-    return Policy(min_age=seconds, excludes=tuple(s["excludes"].value))
+    daemon = "the running daemon (--live)" if live else None
+    return Policy(min_age=seconds, excludes=tuple(s["excludes"].value), daemon=daemon)
 
 
 def confirm(question: str, yes: bool) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dockergc.errors import RefusedError, UsageError
-from dockergc.execute.ops import MoveOp
+from dockergc.execute.ops import Change, change_from_dict
 from dockergc.lock import STATE_DIR
 
 RUNS = f"{STATE_DIR}/runs"
@@ -109,7 +109,7 @@ class Step:
     kind: str
     path: str
     bytes: int
-    op: MoveOp
+    op: Change  # a move, or a group of moves that stand or fall together
     status: str  # intent | moved | skipped | restored | purged | restore-skipped
     reason: str = ""
 
@@ -165,7 +165,7 @@ def replay(run_id: str, records: list[dict[str, Any]]) -> RunView:
                 r["kind"],
                 r["path"],
                 int(r["bytes"]),
-                MoveOp(**{k: v for k, v in r["op"].items() if k != "name"}),
+                change_from_dict(r["op"]),
                 "intent",
             )
         elif kind == "done" and seq in steps:

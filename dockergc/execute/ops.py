@@ -48,16 +48,55 @@ class PurgeOp:
         return asdict(self)
 
 
-Op = MoveOp | PurgeOp
-OPS: dict[str, type[MoveOp] | type[PurgeOp]] = {"move": MoveOp, "purge": PurgeOp}
+@dataclass(frozen=True)
+class GroupOp:
+    """Moves that stand or fall together: a layerdb layer with its overlay2 dir and its
+    short link. Carried out in order (the record first, so the daemon never loads a layer
+    whose dir is gone), undone in reverse (the dir first, the record last)."""
+
+    moves: tuple[MoveOp, ...]
+    name: str = "group"
+
+    def reverse(self) -> GroupOp:
+        return GroupOp(tuple(m.reverse() for m in reversed(self.moves)))
+
+    @property
+    def src(self) -> str:
+        return self.moves[0].src
+
+    @property
+    def dst(self) -> str:
+        return self.moves[0].dst
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "moves": [m.as_dict() for m in self.moves]}
 
 
-def op_from_dict(doc: dict[str, Any]) -> Op:
-    kind = doc.get("name")
-    factory = OPS.get(str(kind))
-    if factory is None:
-        raise ValueError(f"unknown operation {kind!r}")
-    return factory(**doc)
+class PartlyMoved(Exception):
+    """A group failed midway and could not be put back: ``moved`` are in quarantine."""
+
+    def __init__(self, message: str, moved: tuple[MoveOp, ...]) -> None:
+        super().__init__(message)
+        self.moved = moved
+
+
+Op = MoveOp | PurgeOp | GroupOp
+Change = MoveOp | GroupOp  # what a gc step does; its reverse is what rollback does
+
+
+def moves_of(op: Change) -> tuple[MoveOp, ...]:
+    return op.moves if isinstance(op, GroupOp) else (op,)
+
+
+def change_from_dict(doc: dict[str, Any]) -> Change:
+    """A step's operation as the journal recorded it."""
+    if doc.get("name") == "group":
+        return GroupOp(tuple(move_from_dict(m) for m in doc["moves"]))
+    return move_from_dict(doc)
+
+
+def move_from_dict(doc: dict[str, Any]) -> MoveOp:
+    return MoveOp(**{k: v for k, v in doc.items() if k != "name"})
 
 
 OPERATIONS = Registry("gc operation")

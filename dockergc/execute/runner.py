@@ -35,9 +35,9 @@ from dockergc.execute.journal import (
     quarantine_rel,
     run_dir_rel,
 )
-from dockergc.execute.ops import MoveOp, PurgeOp, perform
+from dockergc.execute.ops import Change, GroupOp, MoveOp, PartlyMoved, PurgeOp, moves_of, perform
 from dockergc.execute.verify import LIVE_SLACK, Facts, LiveWatch, mounted_under, why_not
-from dockergc.plan import Plan
+from dockergc.plan import Action, Plan
 from dockergc.store.mountinfo import MountTable
 
 Progress = Callable[[str], None]
@@ -190,46 +190,62 @@ def resume_run(root: Path, run_id: str, opts: Options) -> RunView:
         return _apply(root, journal, plan, opts, handled, moved, next_seq, stop)
 
 
+def _place(root: Path, move: MoveOp) -> str | None:
+    """Where a move's entry is now, by identity: "dst", "src", or None (neither)."""
+    ident = (move.dev, move.ino)
+    for where, rel in (("dst", move.dst), ("src", move.src)):
+        st = safefs.lstat_at(str(root), rel)
+        if st is not None and (st.st_dev, st.st_ino) == ident:
+            return where
+    return None
+
+
 def settle(root: Path, journal: Journal, view: RunView, opts: Options) -> None:
-    """Decide each in-doubt step from the disk: renames happen entirely or not at all."""
+    """Decide each in-doubt step from the disk: renames happen entirely or not at all.
+    A group a crash left half-moved is put back (newest first), so it counts as never
+    moved: its parts are quarantined together or not at all."""
     for step in view.in_doubt:
-        src = safefs.lstat_at(str(root), step.op.src)
-        dst = safefs.lstat_at(str(root), step.op.dst)
-        ident = (step.op.dev, step.op.ino)
-        if dst is not None and (dst.st_dev, dst.st_ino) == ident:
-            _write(
-                journal,
-                opts,
-                {
-                    "type": "done",
-                    "seq": step.seq,
-                    "outcome": "moved",
-                    "reason": "settled after a crash: found in quarantine",
-                },
-            )
-        elif src is not None and (src.st_dev, src.st_ino) == ident:
-            _write(
-                journal,
-                opts,
-                {
-                    "type": "done",
-                    "seq": step.seq,
-                    "outcome": "not-moved",
-                    "reason": "settled after a crash: never moved",
-                },
+        moves = moves_of(step.op)
+        places = [_place(root, m) for m in moves]
+        if all(p == "dst" for p in places):
+            outcome, reason = "moved", "settled after a crash: found in quarantine"
+        elif all(p == "src" for p in places):
+            outcome, reason = "not-moved", "settled after a crash: never moved"
+        elif None not in places and _put_back(root, journal, step, moves, places, opts):
+            outcome = "not-moved"
+            reason = "settled after a crash: the half-moved group was put back"
+        elif None in places:
+            gone = moves[places.index(None)]
+            outcome, reason = (
+                "lost" if "dst" not in places else "moved",
+                "settled after a crash: found in neither place (looked "
+                f"for {gone.src} and {gone.dst} under {root})",
             )
         else:
-            _write(
-                journal,
-                opts,
-                {
-                    "type": "done",
-                    "seq": step.seq,
-                    "outcome": "lost",
-                    "reason": "settled after a crash: found in neither place (looked "
-                    f"for {step.op.src} and {step.op.dst} under {root})",
-                },
-            )
+            outcome, reason = "moved", "settled after a crash: partly in quarantine"
+        record = {"type": "done", "seq": step.seq, "outcome": outcome, "reason": reason}
+        _write(journal, opts, record)
+
+
+def _put_back(
+    root: Path,
+    journal: Journal,
+    step: Step,
+    moves: tuple[MoveOp, ...],
+    places: list[str | None],
+    opts: Options,
+) -> bool:
+    """Move a half-moved group's quarantined parts back; False if one could not be."""
+    for move, place in reversed(list(zip(moves, places, strict=True))):
+        if place != "dst":
+            continue
+        back = move.reverse()
+        _write(journal, opts, {"type": "settle-undo", "seq": step.seq, "op": back.as_dict()})
+        try:
+            perform(str(root), back)
+        except (safefs.UnsafePath, OSError):
+            return False
+    return True
 
 
 def _apply(
@@ -270,12 +286,7 @@ def _apply(
             )
             opts.progress(f"[{n}/{len(todo)}] kept {action.path}: {reason}")
             continue
-        op = MoveOp(
-            src=action.path,
-            dst=quarantine_rel(journal.run_id, seq),
-            dev=action.dev,
-            ino=action.ino,
-        )
+        op = _change(journal.run_id, seq, action)
         _write(
             journal,
             opts,
@@ -291,6 +302,13 @@ def _apply(
         )
         try:
             perform(str(root), op)
+        except PartlyMoved as exc:  # rollback puts back what is in quarantine
+            _write(
+                journal,
+                opts,
+                {"type": "done", "seq": seq, "outcome": "moved", "reason": f"partly moved: {exc}"},
+            )
+            opts.progress(f"[{n}/{len(todo)}] partly quarantined {action.path}: {exc}")
         except (safefs.UnsafePath, OSError) as exc:
             _write(
                 journal,
@@ -312,6 +330,17 @@ def _apply(
         seq += 1
     _write(journal, opts, {"type": "end", "state": "applied"})
     return load(root, journal.run_id)
+
+
+def _change(run_id: str, seq: int, action: Action) -> Change:
+    """The step that quarantines ``action``: one move, or one group with its parts
+    (quarantined as q/<seq>, q/<seq>-1, ...)."""
+    dst = quarantine_rel(run_id, seq)
+    first = MoveOp(src=action.path, dst=dst, dev=action.dev, ino=action.ino)
+    if not action.parts:
+        return first
+    rest = (MoveOp(p.path, f"{dst}-{i}", p.dev, p.ino) for i, p in enumerate(action.parts, 1))
+    return GroupOp((first, *rest))
 
 
 def rollback_run(root: Path, run_id: str, opts: Options) -> RunView:
@@ -338,27 +367,29 @@ def rollback_run(root: Path, run_id: str, opts: Options) -> RunView:
 
 
 def _undo(root: Path, journal: Journal, step: Step, opts: Options) -> bool:
-    """Move one quarantined entry back; False if it had to stay in quarantine."""
+    """Move one quarantined entry (or group) back; False if it had to stay in quarantine.
+    A group comes back whole or not at all: every part is checked before any moves."""
     back = step.op.reverse()
-    if safefs.lstat_at(str(root), back.dst) is not None:
-        _write(
-            journal,
-            opts,
-            {
-                "type": "undo-skip",
-                "seq": step.seq,
-                "reason": f"{back.dst} exists again; left in quarantine",
-            },
-        )
-        opts.progress(f"left {step.path} in quarantine: the path is taken again")
-        return False
-    busy = mounted_under(root, back.src, opts.mounts)
-    if busy:
-        _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": busy})
-        return False
+    todo = []
+    for move in moves_of(back):
+        place = _place(root, move.reverse())
+        if place == "src":  # never moved, or already put back
+            continue
+        if place is None:
+            reason = f"{move.src} is missing from quarantine; left as it is"
+        elif safefs.lstat_at(str(root), move.dst) is not None:
+            reason = f"{move.dst} exists again; left in quarantine"
+        else:
+            reason = mounted_under(root, move.src, opts.mounts) or ""
+            todo.append(move)
+        if reason:
+            _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": reason})
+            opts.progress(f"left {step.path} in quarantine: {reason}")
+            return False
     _write(journal, opts, {"type": "undo-intent", "seq": step.seq, "op": back.as_dict()})
     try:
-        perform(str(root), back)
+        for move in todo:
+            perform(str(root), move)
     except (safefs.UnsafePath, OSError) as exc:
         _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": str(exc)})
         return False
@@ -398,15 +429,23 @@ def _purge_one(root: Path, view: RunView, opts: Options, stop: _Stop) -> RunView
         if stop.requested:
             _write(journal, opts, {**stop.record(view.state), "type": "purge-end"})
             return load(root, view.run_id)
-        op = PurgeOp(step.op.dst)
-        busy = mounted_under(root, op.path, opts.mounts)
+        # A group's parts a crash already purged are gone: purge what is left of it.
+        paths = [m.dst for m in moves_of(step.op) if safefs.lstat_at(str(root), m.dst)]
+        busy = next(filter(None, (mounted_under(root, p, opts.mounts) for p in paths)), None)
         if busy:
             _write(journal, opts, {"type": "purge-skip", "seq": step.seq, "reason": busy})
             opts.progress(f"kept {step.op.dst} in quarantine: {busy}")
             continue
-        _write(journal, opts, {"type": "purge-intent", "seq": step.seq, "op": op.as_dict()})
+        ops = [PurgeOp(p) for p in paths]
+        _write(
+            journal,
+            opts,
+            {"type": "purge-intent", "seq": step.seq, "ops": [op.as_dict() for op in ops]},
+        )
+        freed = 0
         try:
-            freed = perform(str(root), op)
+            for op in ops:
+                freed += perform(str(root), op)
         except (safefs.UnsafePath, OSError) as exc:
             _write(journal, opts, {"type": "purge-skip", "seq": step.seq, "reason": str(exc)})
             opts.progress(f"could not purge {step.op.dst}: {exc}")

@@ -94,6 +94,13 @@ def why_not(
         return "frozen: " + facts.graph.freeze[0]
     if action.depends_on and action.depends_on not in moved:
         return f"goes with {action.depends_on}, which was not removed in this run"
+    for child in action.after:
+        if child not in moved:
+            return f"its child layer {child} was not removed in this run"
+    if action.kind == "unreferenced-layer" and watch is not None:
+        # The daemon loaded this layer at start and keeps it in memory: a pull of the
+        # same layer would reuse it after its files had gone.
+        return "the running daemon holds this layer in memory: only an offline gc removes it"
     cand = facts.candidates.get(action.path)
     # Once its dir is in quarantine, an orphan link is seen as dangling: the same verdict.
     same = cand is not None and (
@@ -107,27 +114,42 @@ def why_not(
         if live:
             return f"no longer unreferenced: {live}"
         return "no longer unreferenced (a fresh graph reaches it, or it is gone)"
-    try:
-        st = safefs.lstat_at(str(root), action.path)
-    except (safefs.UnsafePath, OSError) as exc:
-        return f"cannot be reached safely: {exc}"
-    if st is None:
-        return "vanished since planned"
-    if (st.st_dev, st.st_ino) != (action.dev, action.ino):
-        return "is no longer the entry that was planned (different inode)"
-    if max(st.st_mtime, st.st_ctime) > planned_at + 1:
-        return "changed since planned"
-    if stat.S_ISDIR(st.st_mode):
-        diff = safefs.lstat_at(str(root), action.path + "/diff")
-        if diff is not None and max(diff.st_mtime, diff.st_ctime) > planned_at + 1:
-            return "its diff/ changed since planned"
+    idents = [(action.path, action.dev, action.ino)]
+    idents += [(p.path, p.dev, p.ino) for p in action.parts]
+    for path, dev, ino in idents:
+        reason = _unchanged(root, path, dev, ino, planned_at)
+        if reason:
+            return reason if path == action.path else f"{path} {reason}"
     if watch is not None:
         reason = watch.in_flight(action)
         if reason:
             return reason
-    return mounted_under(root, action.path, mounts) or (
-        held_open(root, action.path) if watch is not None else None
-    )
+    for path in action.paths:
+        reason = mounted_under(root, path, mounts) or (
+            held_open(root, path) if watch is not None else None
+        )
+        if reason:
+            return reason
+    return None
+
+
+def _unchanged(root: Path, path: str, dev: int, ino: int, planned_at: float) -> str | None:
+    """None if ``path`` is still the entry planned, untouched since; else what changed."""
+    try:
+        st = safefs.lstat_at(str(root), path)
+    except (safefs.UnsafePath, OSError) as exc:
+        return f"cannot be reached safely: {exc}"
+    if st is None:
+        return "vanished since planned"
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        return "is no longer the entry that was planned (different inode)"
+    if max(st.st_mtime, st.st_ctime) > planned_at + 1:
+        return "changed since planned"
+    if stat.S_ISDIR(st.st_mode):
+        diff = safefs.lstat_at(str(root), path + "/diff")
+        if diff is not None and max(diff.st_mtime, diff.st_ctime) > planned_at + 1:
+            return "its diff/ changed since planned"
+    return None
 
 
 def mounted_under(root: Path, rel: str, mounts: MountTable | None = None) -> str | None:

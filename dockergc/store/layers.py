@@ -6,7 +6,7 @@ import os
 import re
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dockergc.store.findings import Finding
@@ -38,6 +38,8 @@ class LayerRecord:
     diff_id: str | None
     parent: str | None
     size: int | None
+    detail: bool = True  # parent, diff and size were read (else only cache-id)
+    bad_parent: bool = False  # a parent file that is there but unreadable or not a digest
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,13 @@ def _read_layer(
             d.unusable("bad-layer", "layer has no usable cache-id; the daemon skips it")
             return None
         if not detail:
-            return LayerRecord("sha256:" + name, cache_id, None, None, None)
+            return LayerRecord("sha256:" + name, cache_id, None, None, None, detail=False)
+        seen = len(findings)
         diff, parent, size_text = d.text("diff"), d.text("parent"), d.text("size")
+        bad_parent = any(f.path.endswith("/parent") for f in findings[seen:])
         if parent is not None and not is_digest(parent):
             d.bad("parent", "parent is not a digest")
-            parent = None
+            parent, bad_parent = None, True
         if diff is not None and not is_digest(diff):
             d.bad("diff", "diff is not a sha256 digest")
         if size_text is not None and not size_text.isdigit():
@@ -145,6 +149,7 @@ def _read_layer(
         diff_id=diff if diff and is_digest(diff) else None,
         parent=parent,
         size=int(size_text) if size_text and size_text.isdigit() else None,
+        bad_parent=bad_parent,
     )
 
 
@@ -233,6 +238,24 @@ def read_chains(root: Path, names: list[str], detail: bool) -> ChainsPart:
                     Finding(f"{LAYERS_REL}/{name}", "unknown-entry", "not a layer chain id; kept")
                 )
     return ChainsPart(tuple(layers), tuple(removing), tuple(bad_layers), tuple(findings))
+
+
+def with_detail(store: LayerStore, root: Path, chains: set[str]) -> LayerStore:
+    """``store`` with the records of ``chains`` read in full (parent, diff, size). The
+    graph needs a layer's parent only when no image chain lists its ancestors already:
+    reading it for those few, not all, keeps a plan's cost where it was."""
+    todo = sorted(c[7:] for c in chains)
+    if not todo:
+        return store
+    findings: list[Finding] = []
+    fresh: dict[str, LayerRecord] = {}
+    with _Dir(root, LAYERS_REL) as dfd:
+        for name in todo:
+            record = _read_layer(dfd, name, findings, detail=True)
+            if record:
+                fresh[record.chain_id] = record
+    layers = tuple(fresh.get(r.chain_id, r) for r in store.layers)
+    return replace(store, layers=layers, findings=store.findings + tuple(findings))
 
 
 def read_layers(

@@ -11,7 +11,13 @@ from dockergc.store.buildkit import BuildkitStore, read_buildkit
 from dockergc.store.containers import ContainerStore, read_containers
 from dockergc.store.findings import Finding
 from dockergc.store.images import ImageStore, read_images
-from dockergc.store.layers import LayerStore, list_chains, read_chains, read_layers
+from dockergc.store.layers import (
+    LayerStore,
+    list_chains,
+    read_chains,
+    read_layers,
+    with_detail,
+)
 from dockergc.store.mountinfo import (
     MountTable,
     parse_mountinfo,
@@ -89,6 +95,9 @@ def gather(root: Path, mounts: MountTable | None = None, detail: bool = False) -
     buildkit = read_buildkit(root)
     overlay = combine([dirs_head, *(p.result() for p in dir_parts)], links)
     layers = read_layers(root, detail, [chains_head, *(p.result() for p in chain_parts)])
+    if not detail:
+        in_images = {c for image in images.images for c in image.chain_ids}
+        layers = with_detail(layers, root, {r.chain_id for r in layers.layers} - in_images)
     return Snapshot(
         root=str(root),
         taken_at=taken_at,
