@@ -362,8 +362,8 @@ def layer_candidates(snap: Snapshot, graph: Graph, namespaces: str) -> list[Cand
             Candidate(
                 "unreferenced-layer",
                 rel(chain),
-                "layer no image, container or build cache uses (left by a crash mid-rmi "
-                "or mid-load)",
+                "layer no image, container or build cache uses: a crash mid-rmi or "
+                "mid-load leaves these",
                 (
                     f"layer {chain} (diff {layer.diff_id or 'unrecorded'}, {size} by "
                     f"layerdb), dir overlay2/{d.name}{link_note}",

@@ -21,7 +21,7 @@ def test_demo_prints_a_report_with_every_kind() -> None:
         "write-set",
     ):
         assert kind in out
-    assert "unknown-dir" in out and "would remove 11 item(s)" in out
+    assert "unknown-dir" in out and "would remove 13 item(s)" in out
 
 
 def test_plan_json_contract_and_out_file(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_plan_json_contract_and_out_file(tmp_path: Path) -> None:
     assert set(doc) >= {"version", "root", "created", "actions", "kept", "totals"}
     for a in doc["actions"]:
         assert set(a) >= {"id", "kind", "path", "bytes", "age_seconds", "reason", "evidence"}
-    assert doc["totals"]["actions"] == len(doc["actions"]) == 11
+    assert doc["totals"]["actions"] == len(doc["actions"]) == 13
     assert doc["totals"]["bytes"] == sum(a["bytes"] for a in doc["actions"])
 
 

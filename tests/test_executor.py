@@ -25,7 +25,7 @@ from tests.manifest import manifest, without
 def demo(tmp_path: Path) -> tuple[Path, Plan]:
     root = write_demo_root(tmp_path / "docker")
     _, _, plan = plan_root(root, Policy(min_age=0), NO_MOUNTS)
-    assert len(plan.actions) == 11
+    assert len(plan.actions) == 13
     return root, plan
 
 
@@ -40,7 +40,7 @@ def test_apply_moves_exactly_the_plan_and_rollback_restores_it(tmp_path: Path) -
     assert view.state == "applied"
     assert [s.path for s in view.steps] == [a.path for a in plan.actions]
     assert all(s.status == "moved" for s in view.steps)
-    assert manifest(root) == without(before, [a.path for a in plan.actions])
+    assert manifest(root) == without(before, [p for a in plan.actions for p in a.paths])
     # Everything is in the run's quarantine, on the same filesystem.
     for s in view.steps:
         assert os.path.lexists(root / s.op.dst)
@@ -211,7 +211,7 @@ def kill_at(tmp_path: Path, n: int) -> tuple[Path, Plan, dict[str, object], str]
 
 def test_sigkill_after_every_journal_record_then_resume_or_rollback(tmp_path: Path) -> None:
     total = records_of_full_run(tmp_path)
-    assert total == 1 + 2 * 11 + 1  # begin, intent+done per action, end
+    assert total == 1 + 2 * 13 + 1  # begin, intent+done per action, end
     for n in range(1, total):
         # Resume: ends applied, every planned path gone, nothing else touched.
         root, plan, before, run_id = kill_at(tmp_path / f"resume{n}", n)
@@ -220,7 +220,7 @@ def test_sigkill_after_every_journal_record_then_resume_or_rollback(tmp_path: Pa
             runner.refuse_if_unfinished(root)
         done = runner.resume_run(root, run_id, opts())
         assert done.state == "applied", n
-        assert manifest(root) == without(before, [a.path for a in plan.actions]), n
+        assert manifest(root) == without(before, [p for a in plan.actions for p in a.paths]), n
         assert not runner.unfinished_runs(root)
         # Rollback of the same crash point: ends as if nothing had happened.
         root, plan, before, run_id = kill_at(tmp_path / f"rollback{n}", n)
@@ -241,7 +241,7 @@ def test_sigterm_stops_between_steps(tmp_path: Path) -> None:
 
     view = runner.start_run(root, plan, runner.Options(mounts=NO_MOUNTS, after_record=after))
     assert view.state == "interrupted"
-    assert 0 < len([s for s in view.steps if s.status == "moved"]) < 11
+    assert 0 < len([s for s in view.steps if s.status == "moved"]) < 13
     assert not view.in_doubt
     assert load(root, view.run_id).state == "interrupted"
     assert runner.resume_run(root, view.run_id, opts()).state == "applied"

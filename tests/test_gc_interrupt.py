@@ -84,7 +84,7 @@ def test_signal_finishes_the_step_closes_the_run_and_says_how_to_resume(
     run_id = only_run(root)
     resume = f"dockergc apply --resume {run_id} --root {root}"
     said = [line for line in proc.stderr.splitlines() if not line.startswith("[")]  # progress
-    assert said == [f"dockergc: interrupted after {handled} of 11; resume with: {resume}"], said
+    assert said == [f"dockergc: interrupted after {handled} of 13; resume with: {resume}"], said
     records = Journal(root, run_id).records()
     assert records[-1]["type"] == "end" and records[-1]["state"] == "interrupted"
     assert records[-1]["signal"] == signame
@@ -192,7 +192,7 @@ def test_a_closed_pipe_neither_stops_a_step_nor_leaves_a_run_unfinished(
     (run_id,) = list_runs(root)
     view = load(root, run_id)
     assert view.state == "applied" and not view.in_doubt
-    assert len(view.steps) == view.total == 11 + 2 * 300  # each dir with its l/ link
+    assert len(view.steps) == view.total == 13 + 2 * 300  # each dir with its l/ link
     if (tmp_path / "err").exists():
         assert "Traceback" not in (tmp_path / "err").read_text()
     again = json.loads(run_cli("gc", *on_root(root), "--yes", "--json").stdout)

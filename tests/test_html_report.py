@@ -60,6 +60,6 @@ def test_report_renders_in_headless_chromium_with_the_right_totals(tmp_path: Pat
 
     # Written by the page's own script, so the browser really rendered and ran it.
     assert int(text_of("computed-total")) == doc["totals"]["bytes"]
-    assert int(text_of("computed-count")) == doc["totals"]["actions"] == 11
-    assert int(text_of("total-count")) == 11
+    assert int(text_of("computed-count")) == doc["totals"]["actions"] == 13
+    assert int(text_of("total-count")) == 13
     assert int(text_of("kept-count")) == doc["totals"]["kept"]

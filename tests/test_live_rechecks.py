@@ -50,11 +50,11 @@ def test_the_grace_period_is_rechecked_on_the_filesystems_clock(tmp_path: Path) 
     hour, whatever the process clock said when planning."""
     root = write_demo_root(tmp_path / "docker")
     plan = wrong_clock_plan(root, min_age=3600)
-    assert len(plan.actions) == 11  # the wrong clock planned it all
+    assert len(plan.actions) == 13  # the wrong clock planned it all
     view = runner.start_run(root, plan, live())
     assert view.steps == []
     reasons = kept(view)
-    assert len(reasons) == 11
+    assert len(reasons) == 13
     for path in orphan_layers(plan):
         assert "by the filesystem's clock" in reasons[path], reasons[path]
         assert (root / path).is_dir()
