@@ -16,7 +16,8 @@ from typing import Any
 
 from dockergc.graph import Graph, mark
 from dockergc.measure import Usage, measure_all
-from dockergc.plan import Plan, Policy, candidates, make_plan, pin_reason
+from dockergc.plan import Plan, Policy, candidates, grace_note, make_plan, pin_reason
+from dockergc.store.layers import oldest_record_change
 from dockergc.store.mountinfo import MountTable
 from dockergc.store.rootinfo import (
     DaemonConfig,
@@ -77,7 +78,9 @@ def plan_root(
         usage = measure_all(str(root), [p for p in paths if pin_reason(snap, p) is None])
     if policy.daemon is None and graph.layers_unreferenced:
         policy = replace(policy, daemon=_daemon_on(root))
-    return snap, graph, make_plan(snap, graph, cands, usage, policy)
+    plan = make_plan(snap, graph, cands, usage, policy)
+    note = grace_note(plan, policy.now, oldest_record_change(root)) if not plan.actions else None
+    return snap, graph, replace(plan, notes=(*plan.notes, note)) if note else plan
 
 
 def _daemon_on(root: Path) -> str | None:

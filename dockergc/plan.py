@@ -126,6 +126,7 @@ class Plan:
     actions: tuple[Action, ...]
     kept: tuple[Kept, ...]
     frozen: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # what a reader needs to know about the plan as a whole
 
     @property
     def bytes(self) -> int:
@@ -151,6 +152,7 @@ class Plan:
             "created": self.created,
             "policy": {"min_age_seconds": self.min_age_seconds, "excludes": list(self.excludes)},
             "frozen": list(self.frozen),
+            "notes": list(self.notes),
             "actions": [a.as_dict() for a in self.actions],
             "kept": [k.as_dict() for k in self.kept],
             "totals": self.totals(),
@@ -195,6 +197,7 @@ class Plan:
                 actions=actions,
                 kept=kept,
                 frozen=tuple(str(f) for f in doc.get("frozen", [])),
+                notes=tuple(str(n) for n in doc.get("notes", [])),
             )
         except PlanFileError:
             raise
@@ -544,10 +547,35 @@ def _keep_reason(
     age = policy.now - u.newest_change
     if age < policy.min_age:
         return (
-            f"younger than the grace period ({_ago(age)} < {_ago(policy.min_age)}): "
+            f"{YOUNG} ({_ago(age)} < {_ago(policy.min_age)}): "
             "an in-flight pull, build or create may own it"
         )
     return None
+
+
+YOUNG = "younger than the grace period"
+
+
+def grace_note(plan: Plan, now: float, written_at: float | None) -> str | None:
+    """When every candidate is younger than the grace period, say so rather than plan
+    nothing in silence; and when the root itself looks written within the grace period
+    (``written_at``: its oldest layer record's change time), that it was copied then: a
+    copy or a relocation makes every file look new, so a day's grace plans nothing for
+    a day."""
+    young = [k for k in plan.kept if YOUNG in k.reason]  # or kept with a young one
+    if plan.actions or not young:
+        return None
+    grace = plan.min_age_seconds
+    note = f"all {len(young)} candidate(s) are {YOUNG} ({_ago(grace)})"
+    if written_at is not None and now - written_at < grace:
+        copied = datetime.fromtimestamp(written_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        ready = datetime.fromtimestamp(written_at + grace, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return (
+            f"{note}: the root was copied (or created) at {copied} (its oldest layer record "
+            "changed then; a copy or relocation makes every file look new), so nothing is planned "
+            f"before {ready}; a shorter --min-age plans them sooner if nothing else runs"
+        )
+    return f"{note}: they are planned once older, if nothing claims them"
 
 
 def _ago(seconds: float) -> str:

@@ -243,3 +243,36 @@ def test_a_live_run_never_moves_them(tmp_path: Path) -> None:
     assert "holds this layer in memory" in reasons[rel(chain[2])]
     assert "was not removed in this run" in reasons[rel(chain[0])]
     assert manifest(w.root) == before
+
+
+def test_a_plan_of_only_young_candidates_says_why_and_when(tmp_path: Path) -> None:
+    """After a copy or relocation every file's ctime is new: the default grace period
+    plans nothing for a while, and the plan says so instead of staying silent."""
+    from dockergc.fixture.demo import write_demo_root
+    from tests.conftest import run_cli
+
+    root = write_demo_root(tmp_path / "docker")
+    out = run_cli("plan", "--root", str(root), "--config-file", "/x", "--min-age", "1h").stdout
+    assert "nothing to remove" in out
+    note = next(line for line in out.splitlines() if line.startswith("NOTE: "))
+    assert "all 13 candidate(s) are younger than the grace period (1h)" in note
+    assert "the root was copied (or created) at" in note and "nothing is planned before" in note
+    doc = json.loads(
+        run_cli("gc", "--root", str(root), "--config-file", "/x", "--json", "--dry-run").stdout
+    )
+    assert doc["notes"] and "the root was copied (or created) at" in doc["notes"][0]
+
+
+def test_the_grace_note_without_a_copy() -> None:
+    from dockergc.plan import Kept, grace_note
+
+    young = Kept("overlay2/x", "orphan-layer", "younger than the grace period (5m < 1h): ...")
+    plan = Plan(1, "/r", "t", 3600.0, (), (), (young,), ())
+    note = grace_note(plan, now=10 * 86400, written_at=86400)  # root written long ago
+    assert note == (
+        "all 1 candidate(s) are younger than the grace period (1h): they are planned once "
+        "older, if nothing claims them"
+    )
+    assert grace_note(plan, now=10 * 86400, written_at=10 * 86400 - 60) is not None
+    old = Kept("overlay2/y", "orphan-layer", "excluded by --exclude y")
+    assert grace_note(Plan(1, "/r", "t", 3600.0, (), (), (old,), ()), 0, None) is None

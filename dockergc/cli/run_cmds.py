@@ -262,6 +262,7 @@ def gc(
                         "actions": [],
                         "bytes": 0,
                         "frozen": list(plan.frozen),
+                        "notes": list(plan.notes),
                     }
                 )
             )

@@ -80,6 +80,7 @@ class HtmlRenderer:
 <h1>dockergc plan for <span class="path">{escape(display(plan.root))}</span></h1>
 <p>Dry run made {escape(plan.created)}: nothing was changed. Grace period
 {human_age(plan.min_age_seconds)}.</p>
+{"".join(f'<p class="note"><b>Note</b>: {escape(n)}</p>' for n in plan.notes)}
 {frozen_block}
 <p>Would remove <b id="total-count">{totals["actions"]}</b> item(s),
 <b id="total-bytes" data-bytes="{totals["bytes"]}">{human_bytes(totals["bytes"])}</b>;

@@ -40,6 +40,8 @@ class RichRenderer:
             f"[bold]dockergc plan for {display(plan.root)}[/] (dry run: nothing was changed)",
             highlight=False,
         )
+        for note in plan.notes:
+            c.print(f"[bold]NOTE[/]: {note}", highlight=False)
         for reason in plan.frozen:
             c.print(f"[bold red]FROZEN[/]: {reason}", highlight=False)
         table = Table(show_lines=False, header_style="bold")

@@ -18,6 +18,7 @@ class TableRenderer:
             f"grace period {human_age(plan.min_age_seconds)}"
             + (f", excludes: {', '.join(plan.excludes)}" if plan.excludes else "")
         )
+        lines += [f"NOTE: {n}" for n in plan.notes]
         if plan.frozen:
             lines.append("")
             lines.append("FROZEN: no layer dir will be removed until this is resolved:")

@@ -16,6 +16,7 @@ from dockergc.store.fsread import (
     list_dir_in,
     open_dir_in,
     read_text,
+    scan_fd,
 )
 from dockergc.store.ids import is_digest, is_hex64
 
@@ -295,3 +296,26 @@ def read_layers(
         unreadable_mounts=tuple(unreadable),
         findings=tuple(findings),
     )
+
+
+def oldest_record_change(root: Path, sample: int = 256) -> float | None:
+    """The oldest change time (ctime) among up to ``sample`` layerdb records: a layer
+    record never changes once written, so on a root that was copied or restored (cp -a
+    and rsync cannot keep ctimes) this is about when the copy was made. None when there
+    is no record to look at."""
+    try:
+        fd = open_dir_in(root, LAYERS_REL)
+    except UnreadableFile:
+        return None
+    times = []
+    try:
+        for entry in scan_fd(fd)[:sample]:
+            try:
+                times.append(os.stat(entry.name, dir_fd=fd, follow_symlinks=False).st_ctime)
+            except OSError:
+                continue
+    except UnreadableFile:
+        return None
+    finally:
+        os.close(fd)
+    return min(times, default=None)
