@@ -115,31 +115,35 @@ class _Marker:
             self.keep(name, reason)
 
     def reach_layers(self, image_users: dict[str, str]) -> None:
-        """Which layerdb layers a root reaches: image chains, mount records' parents,
-        BuildKit's records, and every ancestor of those (by ``parent``)."""
+        """Which layerdb layers a root reaches besides image chains (those are whole:
+        every ancestor is listed): mount records' parents, BuildKit's records, and every
+        ancestor of those (by ``parent``). Only these few are walked."""
         snap, reason = self.snap, self.layer_reason
-        reason.update(image_users)
         for mount in snap.layers.mounts:
-            if mount.parent:
-                reason.setdefault(mount.parent, f"parent of mount record {_short(mount.name)}")
-        bk = snap.buildkit
+            parent = mount.parent
+            if parent and parent not in image_users and parent not in reason:
+                reason[parent] = f"parent of mount record {_short(mount.name)}"
+        bk_chains, bk_hex = snap.buildkit.chain_ids, snap.buildkit.hex_ids
         for layer in snap.layers.layers:
-            hexes = (layer.chain_id[7:], (layer.diff_id or "")[7:])
-            if layer.chain_id in bk.chain_ids or any(h in bk.hex_ids for h in hexes):
-                reason.setdefault(layer.chain_id, "named in BuildKit's records (buildkit/*.db)")
-        queue = deque(c for c in reason if c not in image_users)  # image chains are whole
+            chain = layer.chain_id
+            if chain in image_users or chain in reason:
+                continue
+            diff = layer.diff_id
+            if chain in bk_chains or chain[7:] in bk_hex or (diff and diff[7:] in bk_hex):
+                reason[chain] = "named in BuildKit's records (buildkit/*.db)"
+        queue = deque(reason)
         while queue:
             chain = queue.popleft()
             rec = self.layer_by_chain.get(chain)
             if rec is None:
-                continue  # an image missing a layer freezes (check_consistency)
+                continue  # reported by check_consistency or below
             if rec.bad_parent:
                 self.freeze.append(
                     f"layer {_short(chain[7:])} ({reason[chain]}) has an unreadable parent "
                     "file: its ancestors are unknown"
                 )
             parent = rec.parent
-            if parent and parent not in reason:
+            if parent and parent not in reason and parent not in image_users:
                 if parent not in self.layer_by_chain:
                     self.broken.append(
                         f"layer {_short(chain[7:])} names parent {_short(parent[7:])}, "
@@ -162,16 +166,16 @@ class _Marker:
             for chain in image.chain_ids:
                 users.setdefault(chain, f"layer of image {label}")
         self.reach_layers(users)
+        reached = self.layer_reason
         # Layers and mount records first, while only their claims are in self.live.
         for layer in snap.layers.layers:
-            who = self.layer_reason.get(layer.chain_id)
-            self.claim(
-                layer.cache_id,
-                f"layer {_short(layer.chain_id[7:])}: {who or 'no root reaches it'}",
-                live=who is not None,
-            )
+            chain = layer.chain_id
+            who = users.get(chain) or reached.get(chain)
             if who is None:
-                self.unreached[layer.chain_id] = layer
+                self.unreached[chain] = layer
+                self.claim(layer.cache_id, f"layer {_short(chain[7:])}: no root reaches it", False)
+            else:
+                self.claim(layer.cache_id, f"layer {_short(chain[7:])}: {who}")
             if layer.cache_id not in self.dirs:
                 # moby renames a layer -removing before deleting its dir, so a plain
                 # entry without its dir is corruption or a hand deletion: its cache-id
