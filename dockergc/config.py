@@ -34,8 +34,24 @@ SCHEMA: dict[str, tuple[Any, type | tuple[type, ...], str]] = {
     "prune_keep": ([], list, "prune: image reference patterns never removed ('postgres:*')"),
     "prune_keep_labels": ([], list, "prune: labels (key or key=value) never removed"),
     "prune_keep_newest": (0, int, "prune: newest images kept per repository"),
+    "prune_volumes": (False, bool, "prune: unused anonymous volumes"),
+    "prune_volumes_all": (False, bool, "prune: unused volumes, named ones too"),
+    "prune_keep_volumes": ([], list, "prune: volume name globs never removed"),
+    "prune_keep_containers": ([], list, "prune: container name globs never removed"),
+    "prune_high_watermark": (
+        None,
+        (int, float, str),
+        "prune: evict LRU above this (90% of the disk, or 200GB of images + build cache)",
+    ),
+    "prune_low_watermark": (None, (int, float, str), "prune: ... until under this (same form)"),
 }
-LISTS_OF_STRINGS = ("excludes", "prune_keep", "prune_keep_labels")
+LISTS_OF_STRINGS = (
+    "excludes",
+    "prune_keep",
+    "prune_keep_labels",
+    "prune_keep_volumes",
+    "prune_keep_containers",
+)
 
 
 @dataclass(frozen=True)

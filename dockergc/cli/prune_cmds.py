@@ -12,21 +12,14 @@ import typer
 
 from dockergc import daemon
 from dockergc.cli.app import JsonOpt, app, confirm, settings
-from dockergc.config import Setting, percent
-from dockergc.durations import parse_duration
 from dockergc.errors import EXIT_ERROR, RefusedError, UsageError
 from dockergc.lock import exclusive
 from dockergc.prune.executor import run_prune
+from dockergc.prune.options import policy_from_settings
 from dockergc.prune.plan import make_prune_plan
-from dockergc.prune.policy import PrunePolicy
 from dockergc.prune.read import read_engine_facts
 from dockergc.render.jsonfmt import dumps
 from dockergc.render.prune import prune_plan_text, prune_result_text
-
-
-def _age(s: dict[str, Setting], key: str) -> float | None:
-    value = s[key].value
-    return None if value is None else parse_duration(str(value), s[key].source)
 
 
 @app.command()
@@ -53,6 +46,22 @@ def prune(
         str | None,
         typer.Option(metavar="DURATION", help="Remove build cache unused for this long."),
     ] = None,
+    volumes: Annotated[
+        bool | None,
+        typer.Option(
+            "--volumes",
+            help="Remove anonymous volumes no container (in any state) uses. Their data is "
+            "gone for good.",
+        ),
+    ] = None,
+    volumes_all: Annotated[
+        bool | None,
+        typer.Option(
+            "--volumes-all",
+            help="Remove named volumes no container uses too (docker volume prune --all). "
+            "Their data is gone for good.",
+        ),
+    ] = None,
     keep: Annotated[
         list[str] | None,
         typer.Option(
@@ -62,7 +71,23 @@ def prune(
     keep_label: Annotated[
         list[str] | None,
         typer.Option(
-            metavar="KEY[=VALUE]", help="Never remove images or containers with this label."
+            metavar="KEY[=VALUE]",
+            help="Never remove images, containers or volumes with this label.",
+        ),
+    ] = None,
+    keep_volume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep-volume", metavar="PATTERN", help="Never remove volumes whose name matches."
+        ),
+    ] = None,
+    keep_container: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep-container",
+            metavar="PATTERN",
+            help="Never remove containers whose name matches (a glob on the whole name); "
+            "their images and volumes stay in use.",
         ),
     ] = None,
     keep_newest: Annotated[
@@ -71,12 +96,16 @@ def prune(
     high_watermark: Annotated[
         str | None,
         typer.Option(
-            metavar="PCT",
-            help="Disk pressure: above this usage, also evict unused images, least recently "
-            "used first, until under --low-watermark.",
+            metavar="PCT|SIZE",
+            help="Disk pressure: above this (90% of the root's filesystem, or a size of "
+            "images + build cache: 200GB, 150GiB), also evict unused images and build cache, "
+            "least recently used first, until under --low-watermark.",
         ),
     ] = None,
-    low_watermark: Annotated[str | None, typer.Option(metavar="PCT")] = None,
+    low_watermark: Annotated[
+        str | None,
+        typer.Option(metavar="PCT|SIZE", help="Where eviction stops; the same form as the high."),
+    ] = None,
     host: Annotated[
         str | None, typer.Option(help="Docker host [default: $DOCKER_HOST, else the local socket].")
     ] = None,
@@ -91,42 +120,40 @@ def prune(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     json: JsonOpt = False,
 ) -> None:
-    """Remove stopped containers, unused images and build cache through the daemon.
+    """Remove stopped containers, unused images, build cache and volumes through the daemon.
 
     Each item is listed with its id, names, age, the bytes removing it frees (layers shared
     between removed images counted once) and the rule that chose it. Containers go before
-    the images they used; each item is re-checked right before its removal; the daemon's
-    refusals are reported per item. Needs a running daemon."""
+    the images and volumes they used; each item is re-checked right before its removal;
+    the daemon's refusals are reported per item. Nothing removed can be brought back.
+    Needs a running daemon."""
     s = settings(
         prune_containers_older_than=containers_older_than,
         prune_dangling=dangling,
         prune_images_older_than=images_older_than,
         prune_build_cache_older_than=build_cache_older_than,
+        prune_volumes=volumes,
+        prune_volumes_all=volumes_all,
         prune_keep=keep,
         prune_keep_labels=keep_label,
         prune_keep_newest=keep_newest,
+        prune_keep_volumes=keep_volume,
+        prune_keep_containers=keep_container,
+        prune_high_watermark=high_watermark,
+        prune_low_watermark=low_watermark,
     )
-    policy = PrunePolicy(
-        now=time.time(),
-        containers_older_than=_age(s, "prune_containers_older_than"),
-        dangling=bool(s["prune_dangling"].value),
-        images_older_than=_age(s, "prune_images_older_than"),
-        cache_older_than=_age(s, "prune_build_cache_older_than"),
-        keep=tuple(s["prune_keep"].value),
-        keep_labels=tuple(s["prune_keep_labels"].value),
-        keep_newest=int(s["prune_keep_newest"].value),
-        high_watermark=percent(high_watermark, "--high-watermark"),
-        low_watermark=percent(low_watermark, "--low-watermark"),
-    )
+    policy = policy_from_settings(s, time.time())
     if not policy.selects_anything:
         raise UsageError(
             "prune selects nothing: give --containers-older-than, --dangling, "
-            "--images-older-than, --build-cache-older-than or the watermarks"
+            "--images-older-than, --build-cache-older-than, --volumes, --volumes-all "
+            "or the watermarks"
         )
     engine = host or os.environ.get("DOCKER_HOST") or daemon.DEFAULT_HOST
     client = daemon.engine_client(engine)
     with daemon.engine_errors(engine):
-        facts = read_engine_facts(client, root)
+        wanted = policy.volumes or policy.volumes_all
+        facts = read_engine_facts(client, root, wanted, named_volumes=policy.volumes_all)
     plan = make_prune_plan(facts, policy)
     if dry_run or not plan.items:
         typer.echo(dumps(plan.to_dict()) if json else prune_plan_text(plan))

@@ -1,4 +1,5 @@
-"""Gather EngineFacts: the Engine API for what exists, layerdb for layer sizes."""
+"""Gather EngineFacts: the Engine API for what exists, layerdb for layer sizes, the
+volumes' own directories for theirs."""
 
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ from dockergc.prune.facts import (
     parse_image,
     rw_sizes,
 )
+from dockergc.prune.volread import read_volumes
 from dockergc.store.layers import read_layers
 
 
-def read_engine_facts(client: Any, root: Path | None = None) -> EngineFacts:
+def read_engine_facts(
+    client: Any, root: Path | None = None, volumes: bool = False, named_volumes: bool = True
+) -> EngineFacts:
     """Everything a prune plan needs, read-only. ``root`` overrides the daemon's own
-    DockerRootDir (tests; a daemon in another mount namespace)."""
+    DockerRootDir (tests; a daemon in another mount namespace). ``volumes``: list and
+    measure volumes too (a walk of each unused one: only when a rule may remove them;
+    named ones only if ``named_volumes``)."""
     info = client.info()
     driver = str(info.get("Driver") or "")
     if driver != "overlay2":
@@ -29,7 +35,8 @@ def read_engine_facts(client: Any, root: Path | None = None) -> EngineFacts:
             f"the daemon uses the {driver or 'unknown'} storage driver; "
             "prune computes freed bytes from overlay2's layerdb only"
         )
-    where = root or Path(str(info.get("DockerRootDir") or "/var/lib/docker"))
+    daemon_root = str(info.get("DockerRootDir") or "/var/lib/docker")
+    where = root or Path(daemon_root)
     if not (where / "image/overlay2/layerdb").is_dir():
         raise RootError(f"{where}: no overlay2 layerdb here; give --root as the daemon sees it")
     taken_at = time.time()
@@ -54,6 +61,10 @@ def read_engine_facts(client: Any, root: Path | None = None) -> EngineFacts:
         layer_sizes=layer_sizes,
         disk_total=disk.total,
         disk_used=disk.used,
+        volumes=(
+            read_volumes(client, where, daemon_root, containers, named_volumes) if volumes else ()
+        ),
+        layers_size=int(df.get("LayersSize") or 0),
     )
 
 

@@ -40,8 +40,23 @@ def prune_result_text(result: PruneResult) -> str:
         if o.status != "removed"
     ]
     removed = result.count("removed")
+    cache = [o for o in result.outcomes if o.item.kind == "build-cache"]
+    if cache:
+        gone = [o for o in cache if o.status == "removed"]
+        reclaimed = sum(o.reclaimed or 0 for o in gone)
+        lines.append(
+            f"build cache: the daemon deleted {len(gone)} of {len(cache)} records "
+            f"and reported {human_bytes(reclaimed)} reclaimed"
+        )
+    volumes = ""
+    if any(o.item.kind == "volume" for o in result.outcomes):
+        volumes = (
+            f"; the volumes removed held {human_bytes(result.volume_bytes)} "
+            f"(planned {human_bytes(result.planned_volume_bytes)})"
+        )
     lines.append(
         f"prune run {result.run_id}: removed {removed} of {len(result.outcomes)}; planned "
         f"{human_bytes(result.planned_bytes)}, the daemon freed {human_bytes(result.freed_bytes)}"
+        + volumes
     )
     return "\n".join(lines)
