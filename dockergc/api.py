@@ -109,6 +109,7 @@ def inventory(snap: Snapshot, graph: Graph) -> dict[str, Any]:
         "buildkit_snapshots": len(snap.buildkit.snapshot_keys),
         "live_dirs": len(graph.live),
         "unreferenced_dirs": len({d.name for d in snap.overlay.dirs} - set(graph.live)),
+        "unreferenced_layers": len(graph.layers_unreferenced),
         "mount_namespaces": snap.mount_namespaces,
         "pinned_paths": len(snap.pinned),
         "frozen": list(graph.freeze),

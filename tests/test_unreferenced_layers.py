@@ -276,3 +276,13 @@ def test_the_grace_note_without_a_copy() -> None:
     assert grace_note(plan, now=10 * 86400, written_at=10 * 86400 - 60) is not None
     old = Kept("overlay2/y", "orphan-layer", "excluded by --exclude y")
     assert grace_note(Plan(1, "/r", "t", 3600.0, (), (), (old,), ()), 0, None) is None
+
+
+def test_scan_counts_them(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    w = world(tmp_path)
+    crash_mid_rmi(w)
+    w.b.finish()
+    doc = json.loads(run_cli("scan", "--root", str(w.root), "--config-file", "/x", "--json").stdout)
+    assert doc["unreferenced_layers"] == 3
