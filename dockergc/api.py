@@ -127,6 +127,11 @@ PROCESS_HINT = (
     "(leave the directory), then run again; if it is a dockerd under another name, stop it "
     "or pass --live"
 )
+BLIND_HINT = (
+    "dockergc must see every process's cwd, root and open files to know the root is unused: "
+    "run it as root with CAP_SYS_PTRACE (the packaged unit keeps it); --live would keep "
+    "every item for the same reason"
+)
 PURGE_HINT = (
     "quarantine is never the daemon's: pass --live to purge while it runs (every item is "
     "still checked against every mount namespace first)"
@@ -146,7 +151,9 @@ def refuse_if_daemon(root: Path, live: bool, hint: str = LIVE_HINT) -> None:
     users = daemons_using(root)
     if users:
         who = "; ".join(d.describe() for d in users)
-        if all(d.kind == "process" for d in users):
+        if any(d.held == "?" for d in users):  # dockergc may not look into processes
+            hint = BLIND_HINT
+        elif all(d.kind == "process" for d in users):
             hint = PROCESS_HINT
         raise RefusedError(
             f"refusing to change {root}: {who}",

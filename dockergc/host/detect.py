@@ -343,6 +343,8 @@ def scan(root: Path, proc: Path = PROC, logs: bool = True) -> list[DaemonProcess
     target = file_id(str(root))
     if target is None:
         return []
+    if blind(proc):
+        return [DaemonProcess(os.getpid(), "dockergc", "", "", BLIND, "process", "?")]
     ns = Proc(proc, os.getpid()).mount_ns() if proc == PROC else ""
     s = _Scan(os.path.realpath(root), target, ns, _Seen(target), logs)
     found: list[DaemonProcess] = []
@@ -357,6 +359,28 @@ def scan(root: Path, proc: Path = PROC, logs: bool = True) -> list[DaemonProcess
         if hit is not None:
             found.append(hit)
     return found
+
+
+CAP_SYS_PTRACE = 19
+BLIND = (
+    "dockergc itself lacks CAP_SYS_PTRACE: it cannot see other processes' cwd, root and "
+    "open files, so any of them may use the root"
+)
+
+
+def blind(proc: Path = PROC) -> bool:
+    """Whether this process may not look into others' /proc entries (their cwd, root,
+    fds): without CAP_SYS_PTRACE the kernel refuses that for every process whose
+    capabilities exceed ours, and an unseen holder would look like none. (A process an
+    LSM or a sandbox hides even from CAP_SYS_PTRACE is a documented limit.)"""
+    if proc != PROC:
+        return False
+    try:
+        with open("/proc/self/status") as fh:
+            eff = next(line for line in fh if line.startswith("CapEff:"))
+        return not int(eff.split()[1], 16) >> CAP_SYS_PTRACE & 1
+    except (OSError, StopIteration, ValueError, IndexError):
+        return True
 
 
 def daemons_using(root: Path, proc: Path = PROC) -> list[DaemonProcess]:
@@ -398,6 +422,9 @@ def holders_under(target: FileId, proc: Path = PROC) -> Iterator[Holder]:
     callers check that first."""
     seen = _Seen(target)
     me = os.getpid()
+    if blind(proc):
+        yield Holder(me, "dockergc", "?", BLIND)
+        return
     for pid in _pids(proc):
         if pid == me:
             continue
