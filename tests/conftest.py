@@ -14,7 +14,7 @@ import pytest
 
 from dockergc.fixture.builder import RootBuilder
 from dockergc.store.mountinfo import MountTable
-from tests.engine import Engine
+from tests.engine import ENGINE_VERSIONS, Engine
 
 NO_MOUNTS = MountTable((), 1, 0)
 
@@ -45,12 +45,13 @@ def run_cli(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[st
     return proc
 
 
-@pytest.fixture(scope="session")
-def engine() -> Iterator[tuple[Engine, dict[str, str]]]:
-    """One real dockerd for the session, populated once; tests that stop it restart it."""
+@pytest.fixture(scope="session", params=ENGINE_VERSIONS)
+def engine(request: pytest.FixtureRequest) -> Iterator[tuple[Engine, dict[str, str]]]:
+    """One real dockerd per engine version for the session, populated once; tests that
+    stop it restart it. pytest groups the tests by version: one engine runs at a time."""
     from tests.realstate import populate
 
-    e = Engine()
+    e = Engine(version=request.param)
     try:
         e.start()
         ids = populate(e)
@@ -69,18 +70,26 @@ def cli_json(*args: str) -> Any:
     return json.loads(run_cli(*args).stdout)
 
 
+def engine_version_of(item: pytest.Item) -> str:
+    """The engine version an engine test runs on: the ENGINE_VERSIONS value its fixtures
+    were parametrized with, else 20.10 (a test about 20.10's own behaviour)."""
+    callspec = getattr(item, "callspec", None)
+    for value in callspec.params.values() if callspec else ():
+        if isinstance(value, str) and value in ENGINE_VERSIONS:
+            return value
+    return ENGINE_VERSIONS[0]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Engine tests skip only outside CI; in CI a missing engine is a failure, not a skip."""
     from tests.engine import engine_available
 
-    why = engine_available()
-    if why is None:
-        return
     if os.environ.get("CI"):
         return  # in CI the engine tests run and fail loudly; they must never be skipped there
+    why = {v: engine_available(v) for v in ENGINE_VERSIONS}
     for item in items:
-        if "engine" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=f"engine unavailable: {why}"))
+        if "engine" in item.keywords and (reason := why[engine_version_of(item)]):
+            item.add_marker(pytest.mark.skip(reason=f"engine unavailable: {reason}"))
 
 
 @pytest.fixture(autouse=True, scope="session")

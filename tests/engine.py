@@ -16,21 +16,77 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-DOCKER = "/usr/bin/docker"  # Debian's 20.10 client: BuildKit built in
+DOCKER = "/usr/bin/docker"  # Debian 12's 20.10 client: BuildKit built in
 # Every real-engine test that is not about one engine's own behaviour runs on each of these.
 ENGINE_VERSIONS = ("20.10", "28.5")
 BUSYBOX = "/usr/bin/busybox"
+# Where .ci/get-engine-28.5 unpacks Debian unstable's 28.5 engine (overridable).
+ENGINE_28_5_DEFAULT = "/var/cache/dockergc-ci/docker-28.5"
 
 
-def engine_available() -> str | None:
-    """None if a real engine can run here, else why not."""
+@dataclass(frozen=True)
+class EngineBinaries:
+    """One engine version's programs. ``path_prefix`` goes first on PATH of every daemon
+    and client we start, so dockerd and containerd find their own containerd-shim-runc-v2
+    and docker-init (runc stays Debian 12's); ``docker_config`` (DOCKER_CONFIG) holds
+    ``cli-plugins/docker-buildx`` where the client builds with BuildKit only through it."""
+
+    version: str
+    dockerd: str
+    containerd: str
+    docker: str
+    path_prefix: str = ""
+    docker_config: str | None = None
+    hint: str = "apt-get install docker.io busybox-static"
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default: our environment) with this version's PATH prefix."""
+        env = dict(os.environ if base is None else base)
+        if self.path_prefix:
+            env["PATH"] = self.path_prefix + ":" + env.get("PATH", os.defpath)
+        return env
+
+    def client_env(self, buildkit: bool = False) -> dict[str, str]:
+        env = self.env()
+        env["DOCKER_BUILDKIT"] = "1" if buildkit else "0"
+        if self.docker_config:
+            env["DOCKER_CONFIG"] = self.docker_config
+        return env
+
+
+def binaries(version: str) -> EngineBinaries:
+    if version == "20.10":  # Debian 12's docker.io and containerd 1.6, installed
+        return EngineBinaries(version, "/usr/sbin/dockerd", "/usr/bin/containerd", DOCKER)
+    if version == "28.5":  # Debian unstable's docker.io, docker-cli, containerd 2.1, unpacked
+        top = Path(os.environ.get("DOCKERGC_ENGINE_28_5") or ENGINE_28_5_DEFAULT)
+        return EngineBinaries(
+            version,
+            str(top / "usr/sbin/dockerd"),
+            str(top / "usr/bin/containerd"),
+            str(top / "usr/bin/docker"),
+            path_prefix=f"{top}/usr/bin:{top}/usr/sbin",
+            docker_config=str(top / "docker-config"),
+            hint=f"run .ci/get-engine-28.5 {top}",
+        )
+    raise ValueError(f"unknown engine version {version!r} (known: {', '.join(ENGINE_VERSIONS)})")
+
+
+def engine_available(version: str = "20.10") -> str | None:
+    """None if a real engine of ``version`` can run here, else why not."""
     if os.geteuid() != 0:
         return "needs root"
-    for tool in ("/usr/sbin/dockerd", "/usr/bin/containerd", DOCKER, BUSYBOX):
+    bins = binaries(version)
+    needed = [(t, bins.hint) for t in (bins.dockerd, bins.containerd, bins.docker)]
+    if bins.docker_config:
+        needed.append((os.path.join(bins.docker_config, "cli-plugins/docker-buildx"), bins.hint))
+    needed.append((BUSYBOX, "apt-get install busybox-static"))
+    needed.append(("/usr/sbin/runc", "apt-get install runc"))
+    for tool, hint in needed:
         if not os.path.exists(tool):
-            return f"{tool} is not installed (apt-get install docker.io busybox-static)"
+            return f"engine {version}: {tool} is missing ({hint})"
     return None
 
 
@@ -56,6 +112,7 @@ class Engine:
         self, base: Path | None = None, root_in_config: bool = False, version: str = "20.10"
     ) -> None:
         self.version = version
+        self.bins = binaries(version)
         self.base = base or Path(tempfile.mkdtemp(prefix="dgc-", dir="/tmp"))
         self.base.mkdir(parents=True, exist_ok=True)
         self.root = self.base / "root"
@@ -77,11 +134,15 @@ class Engine:
     def start(self, timeout: float = 60) -> None:
         self.start_containerd(timeout)
         dlog = open(self.base / "dockerd.log", "ab")  # noqa: SIM115
-        self.dockerd = subprocess.Popen(self.dockerd_args(), stdout=dlog, stderr=dlog)
+        self.dockerd = subprocess.Popen(
+            self.dockerd_args(), stdout=dlog, stderr=dlog, env=self.bins.env()
+        )
         self._wait(self._answers, timeout, "dockerd")
 
     def start_containerd(self, timeout: float = 60, root: Path | None = None) -> None:
         """containerd alone, rooted in ``root`` (default: under our base dir)."""
+        if why := engine_available(self.version):
+            raise RuntimeError(why)  # in CI, where engine tests are never skipped
         self.ctd_dir.mkdir(parents=True, exist_ok=True)
         toml = self.ctd_dir / "config.toml"
         toml.write_text(
@@ -91,13 +152,18 @@ class Engine:
             '[plugins."io.containerd.grpc.v1.cri"]\n  disable_tcp_service = true\n'
         )
         log = open(self.base / "containerd.log", "ab")  # noqa: SIM115
-        self.ctd = subprocess.Popen(["containerd", "--config", str(toml)], stdout=log, stderr=log)
+        self.ctd = subprocess.Popen(
+            [self.bins.containerd, "--config", str(toml)],
+            stdout=log,
+            stderr=log,
+            env=self.bins.env(),
+        )
         self._wait(lambda: self.ctd_sock.exists(), timeout, "containerd socket")
 
     def dockerd_args(self) -> list[str]:
         root = [] if self.root_in_config else ["--data-root", str(self.root)]
         return [
-            "dockerd",
+            self.bins.dockerd,
             f"--containerd={self.ctd_sock}",
             *root,
             "--exec-root",
@@ -128,9 +194,13 @@ class Engine:
                 f"grep -q '\"{fail_unless_root}\"' {self.config} || "
                 "{ echo 'refusing to start' >&2; exit 1; }\n"
             )
+        path = ""
+        if self.bins.path_prefix:
+            path = f"PATH={shlex.quote(self.bins.path_prefix)}:$PATH; export PATH\n"
         start.write_text(
             "#!/bin/sh\n"
             + guard
+            + path
             + f"[ -f {self.pidfile} ] && kill -0 $(cat {self.pidfile}) 2>/dev/null && exit 0\n"
             + f"setsid {shlex.join(self.dockerd_args())} >>{self.base}/dockerd.log 2>&1 &\n"
         )
@@ -160,7 +230,18 @@ class Engine:
     def _answers(self) -> bool:
         if self.dockerd and self.dockerd.poll() is not None:
             raise RuntimeError("dockerd exited:\n" + self.log_tail())
-        return self.sock.exists() and self.run("info", check=False).returncode == 0
+        if not self.sock.exists():
+            return False
+        info = self.run("info", "--format", "{{.Driver}} {{json .DriverStatus}}", check=False)
+        if info.returncode != 0:
+            return False
+        # Every test here is about the overlay2 graphdriver's data root. 28.5 picks it on a
+        # fresh root (the containerd image store is opt-in there, "containerd-snapshotter");
+        # a daemon on the containerd store would leave image/ and overlay2/ empty.
+        driver = info.stdout.strip()
+        if not driver.startswith("overlay2 ") or "io.containerd.snapshotter" in driver:
+            raise RuntimeError(f"dockerd {self.version} is not on overlay2: {driver}")
+        return True
 
     def log_tail(self, lines: int = 30) -> str:
         text = (self.base / "dockerd.log").read_text(errors="replace")
@@ -215,8 +296,19 @@ class Engine:
             subprocess.run(["umount", "-l", point], capture_output=True)
 
     def destroy(self) -> None:
+        self._kill_containers()
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def _kill_containers(self) -> None:
+        """SIGKILL the running containers of an engine about to be thrown away: dockerd's
+        own stop gives each 10 s, and ``sleep`` as pid 1 ignores SIGTERM."""
+        if not self.sock.exists():
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            running = self.run("ps", "-q", check=False, timeout=20).stdout.split()
+            if running:
+                self.run("kill", *running, check=False, timeout=30)
 
     # -- docker CLI --------------------------------------------------------------------
 
@@ -228,9 +320,9 @@ class Engine:
         input: bytes | None = None,
         timeout: float = 300,
     ) -> subprocess.CompletedProcess[str]:
-        full_env = {**os.environ, "DOCKER_BUILDKIT": "0", **(env or {})}
+        full_env = {**self.bins.client_env(), **(env or {})}
         proc = subprocess.run(
-            [DOCKER, "-H", f"unix://{self.sock}", *args],
+            self.docker_argv(*args),
             capture_output=True,
             env=full_env,
             input=input,
@@ -245,6 +337,10 @@ class Engine:
         if check and out.returncode != 0:
             raise RuntimeError(f"docker {' '.join(args)} failed: {out.stderr.strip()}")
         return out
+
+    def docker_argv(self, *args: str) -> list[str]:
+        """This version's client, talking to this engine: ``docker -H … args``."""
+        return [self.bins.docker, "-H", f"unix://{self.sock}", *args]
 
     def import_base(self, tag: str = "base:1") -> str:
         rootfs = busybox_rootfs(self.base / "rootfs")
@@ -261,7 +357,7 @@ class Engine:
         args = ["build", "-q", "-t", tag, str(ctx)]
         if buildkit:
             args = ["build", "-q", "--network", "none", "-t", tag, str(ctx)]
-        self.run(*args, env={"DOCKER_BUILDKIT": "1" if buildkit else "0"})
+        self.run(*args, env=self.bins.client_env(buildkit))
 
     def image_ids(self) -> list[str]:
         out = self.run("images", "-aq", "--no-trunc").stdout.split()

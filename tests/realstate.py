@@ -80,8 +80,9 @@ def populate(e: Engine) -> dict[str, str]:
 
 
 def copy_root(e: Engine, base: Path | None = None) -> Engine:
-    """A stopped copy of ``e``'s root in a new Engine (rsync -aHAX keeps whiteouts)."""
-    twin = Engine(base)
+    """A stopped copy of ``e``'s root in a new Engine of the same version (rsync -aHAX
+    keeps whiteouts)."""
+    twin = Engine(base, version=e.version)
     subprocess.run(
         [
             "rsync",

@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.engine import Engine
+from tests.engine import ENGINE_VERSIONS, Engine
 
 pytestmark = pytest.mark.engine
 
 ORPHAN = "ab" * 32
-DOCKERD = "/usr/sbin/dockerd"
 
 
 @dataclass
@@ -45,6 +44,11 @@ class Case:
     @property
     def root(self) -> Path:
         return self.engine.root
+
+    @property
+    def dockerd(self) -> str:
+        """The engine version's dockerd, by its absolute path."""
+        return self.engine.bins.dockerd
 
     def flags(self, config: dict[str, str] | str | None = None) -> list[str]:
         """dockerd's minimal flags; ``config``: daemon.json contents, or a path to pass."""
@@ -73,41 +77,47 @@ class Case:
 
 
 def data_root(c: Case) -> None:
-    c.argv = [DOCKERD, "--data-root", str(c.root), *c.flags()]
+    c.argv = [c.dockerd, "--data-root", str(c.root), *c.flags()]
 
 
 def legacy_g(c: Case) -> None:
-    c.argv = [DOCKERD, "-g", str(c.root), *c.flags()]
+    c.argv = [c.dockerd, "-g", str(c.root), *c.flags()]
 
 
 def legacy_g_attached(c: Case) -> None:
-    c.argv = [DOCKERD, f"-g{c.root}", *c.flags()]
+    c.argv = [c.dockerd, f"-g{c.root}", *c.flags()]
 
 
 def json_edited_after_start(c: Case) -> None:
     """daemon.json names another root once dockerd runs (a move being prepared)."""
-    c.argv = [DOCKERD, *c.flags({"data-root": str(c.root)})]
+    c.argv = [c.dockerd, *c.flags({"data-root": str(c.root)})]
     c.then = lambda: c.engine.config.write_text(json.dumps({"data-root": str(c.base / "new")}))
     c.says = "open; its configuration names another root"
 
 
 def json_data_root(c: Case) -> None:
-    c.argv = [DOCKERD, *c.flags({"data-root": str(c.root)})]
+    c.argv = [c.dockerd, *c.flags({"data-root": str(c.root)})]
 
 
 def json_graph(c: Case) -> None:
-    c.argv = [DOCKERD, *c.flags({"graph": str(c.root)})]
+    c.argv = [c.dockerd, *c.flags({"graph": str(c.root)})]
 
 
 def symlinked(c: Case) -> None:
     c.root.mkdir()
     (c.base / "link").symlink_to(c.root)
-    c.argv = [DOCKERD, "--data-root", str(c.base / "link"), *c.flags()]
+    c.argv = [c.dockerd, "--data-root", str(c.base / "link"), *c.flags()]
 
 
 def data_root_equals(c: Case) -> None:
-    # (A relative --data-root is not one of the ways: dockerd 20.10 hangs at start with one.)
-    c.argv = [DOCKERD, f"--data-root={c.root}", *c.flags()]
+    c.argv = [c.dockerd, f"--data-root={c.root}", *c.flags()]
+
+
+def relative_data_root(c: Case) -> None:
+    """--data-root relative to dockerd's cwd. 28.5 runs with it (``docker info`` then says
+    DockerRootDir "root"); 20.10 hangs at start with one, so this way is 28.5's alone."""
+    c.argv, c.cwd = [c.dockerd, "--data-root", c.root.name, *c.flags()], c.base
+    c.says = f"(--data-root, relative to its cwd {c.base})"
 
 
 def containerd_inside(c: Case) -> None:
@@ -119,20 +129,20 @@ def containerd_inside(c: Case) -> None:
 
 
 def bind_alias_daemon_side(c: Case) -> None:
-    c.argv = [DOCKERD, "--data-root", str(c.alias()), *c.flags()]
+    c.argv = [c.dockerd, "--data-root", str(c.alias()), *c.flags()]
 
 
 def bind_alias_dockergc_side(c: Case) -> None:
-    c.argv, c.gc_root = [DOCKERD, "--data-root", str(c.root), *c.flags()], c.alias()
+    c.argv, c.gc_root = [c.dockerd, "--data-root", str(c.root), *c.flags()], c.alias()
 
 
 def json_alias(c: Case) -> None:
-    c.argv = [DOCKERD, *c.flags({"data-root": str(c.alias())})]
+    c.argv = [c.dockerd, *c.flags({"data-root": str(c.alias())})]
 
 
 def relative_config_file(c: Case) -> None:
     (c.base / "rel.json").write_text(json.dumps({"data-root": str(c.root)}))
-    c.argv, c.cwd = [DOCKERD, *c.flags("rel.json")], c.base
+    c.argv, c.cwd = [c.dockerd, *c.flags("rel.json")], c.base
 
 
 def private_namespace(c: Case) -> None:
@@ -141,42 +151,50 @@ def private_namespace(c: Case) -> None:
     inner.mkdir()
     c.root.mkdir(exist_ok=True)
     cmd = shlex.join(["mount", "--bind", str(c.root), str(inner)])
-    cmd += " && exec " + shlex.join([DOCKERD, "--data-root", str(inner), *c.flags()])
+    cmd += " && exec " + shlex.join([c.dockerd, "--data-root", str(inner), *c.flags()])
     c.argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", cmd]
 
 
 def renamed(name: str) -> Callable[[Case], None]:
     def launch(c: Case) -> None:
-        shutil.copy2(DOCKERD, c.base / name)
+        shutil.copy2(c.dockerd, c.base / name)
         c.argv, c.name = [str(c.base / name), "--data-root", str(c.root), *c.flags()], name
 
     return launch
 
 
-# id, the way, whether HEAD (path strings, names dockerd/containerd only) refused it.
+# -g/--graph and daemon.json "graph" are gone since dockerd 23.0 (moby#43981,
+# docker/cli#3739): 28.5 exits at start ("unknown shorthand flag: 'g' in -g", "the
+# following directives don't match any configuration option: graph"). Hosts still run
+# 20.10 with them, so those ways stay, on 20.10 only.
+ALL, ONLY_20_10, ONLY_28_5 = ENGINE_VERSIONS, ("20.10",), ("28.5",)
+
+# id, the way, whether HEAD (path strings, names dockerd/containerd only) refused it,
+# the engine versions that have the way.
 WAYS = [
-    ("data-root", data_root, True),
-    ("legacy-g", legacy_g, True),
-    ("legacy-g-attached", legacy_g_attached, False),
-    ("daemon-json-edited-after-start", json_edited_after_start, False),
-    ("daemon-json-data-root", json_data_root, True),
-    ("daemon-json-graph", json_graph, True),
-    ("symlinked-data-root", symlinked, True),
-    ("data-root-equals", data_root_equals, True),
-    ("containerd-root-inside", containerd_inside, True),
-    ("bind-alias-daemon-side", bind_alias_daemon_side, False),
-    ("bind-alias-dockergc-side", bind_alias_dockergc_side, False),
-    ("daemon-json-alias", json_alias, False),
-    ("relative-config-file", relative_config_file, False),
-    ("private-mount-namespace", private_namespace, False),
-    ("renamed-dockerd-ce", renamed("dockerd-ce"), False),
-    ("renamed-anything", renamed("storaged"), False),  # the same way: found by open files
+    ("data-root", data_root, True, ALL),
+    ("legacy-g", legacy_g, True, ONLY_20_10),
+    ("legacy-g-attached", legacy_g_attached, False, ONLY_20_10),
+    ("daemon-json-edited-after-start", json_edited_after_start, False, ALL),
+    ("daemon-json-data-root", json_data_root, True, ALL),
+    ("daemon-json-graph", json_graph, True, ONLY_20_10),
+    ("symlinked-data-root", symlinked, True, ALL),
+    ("data-root-equals", data_root_equals, True, ALL),
+    ("relative-data-root", relative_data_root, True, ONLY_28_5),
+    ("containerd-root-inside", containerd_inside, True, ALL),
+    ("bind-alias-daemon-side", bind_alias_daemon_side, False, ALL),
+    ("bind-alias-dockergc-side", bind_alias_dockergc_side, False, ALL),
+    ("daemon-json-alias", json_alias, False, ALL),
+    ("relative-config-file", relative_config_file, False, ALL),
+    ("private-mount-namespace", private_namespace, False, ALL),
+    ("renamed-dockerd-ce", renamed("dockerd-ce"), False, ALL),
+    ("renamed-anything", renamed("storaged"), False, ALL),  # the same way: found by open files
 ]
 
 
-@pytest.fixture(scope="module")
-def containerd() -> Iterator[Engine]:
-    shared = Engine()
+@pytest.fixture(scope="module", params=ENGINE_VERSIONS)
+def containerd(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    shared = Engine(version=request.param)
     try:
         shared.start_containerd()
         yield shared
@@ -186,7 +204,7 @@ def containerd() -> Iterator[Engine]:
 
 @pytest.fixture
 def case(containerd: Engine) -> Iterator[Case]:
-    e = Engine()
+    e = Engine(version=containerd.version)
     e.ctd_sock = containerd.ctd_sock
     try:
         yield Case(e)
@@ -203,7 +221,7 @@ def start(c: Case) -> int:
         assert e.ctd is not None
         return e.ctd.pid
     log = open(e.base / "dockerd.log", "ab")  # noqa: SIM115
-    e.dockerd = subprocess.Popen(c.argv, cwd=c.cwd, stdout=log, stderr=log)
+    e.dockerd = subprocess.Popen(c.argv, cwd=c.cwd, stdout=log, stderr=log, env=e.bins.env())
     e._wait(e._answers, 60, "dockerd")
     return e.dockerd.pid
 
@@ -230,7 +248,16 @@ def refused(c: Case, pid: int, *args: str) -> None:
     assert state(c.root) == before
 
 
-@pytest.mark.parametrize(("way", "head_refused"), [pytest.param(w, h, id=i) for i, w, h in WAYS])
+@pytest.mark.parametrize(
+    ("containerd", "way", "head_refused"),
+    [
+        pytest.param(v, w, h, id=f"{v}-{i}")
+        for v in ENGINE_VERSIONS
+        for i, w, h, versions in WAYS
+        if v in versions
+    ],
+    indirect=["containerd"],  # each way on the engine versions that have it
+)
 def test_gc_refuses_a_root_a_daemon_uses(
     case: Case, way: Callable[[Case], None], head_refused: bool
 ) -> None:
@@ -248,7 +275,9 @@ def test_every_changing_command_refuses_through_a_private_namespace(case: Case) 
     """apply, apply --resume, rollback, purge and gc, against a daemon only its own mount
     namespace shows on the root; each made on a root first gc'd while no daemon ran."""
     data_root(case)
-    case.engine.dockerd = subprocess.Popen(case.argv, stdout=subprocess.DEVNULL)
+    case.engine.dockerd = subprocess.Popen(
+        case.argv, stdout=subprocess.DEVNULL, env=case.engine.bins.env()
+    )
     case.engine._wait(case.engine._answers, 60, "dockerd")
     case.engine.stop()
     on = ("--root", str(case.root), "--config-file", "/x")

@@ -25,7 +25,7 @@ import pytest
 from dockergc.api import plan_root
 from dockergc.execute import runner
 from dockergc.plan import Policy
-from tests.engine import DOCKER, Engine
+from tests.engine import ENGINE_VERSIONS, Engine
 
 pytestmark = pytest.mark.engine
 
@@ -39,10 +39,10 @@ IN_FLIGHT = (
 )
 
 
-@pytest.fixture(scope="module")
-def quiet_engine() -> Iterator[Engine]:
+@pytest.fixture(scope="module", params=ENGINE_VERSIONS)
+def quiet_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     """An engine of its own: nothing but what these tests do happens on it."""
-    e = Engine()
+    e = Engine(version=request.param)
     try:
         e.start()
         e.import_base()
@@ -89,8 +89,8 @@ def test_legacy_build_commit_is_kept_and_the_build_succeeds(quiet_engine: Engine
     )
     write_sets = e.root / "image/overlay2/layerdb/tmp"
     build = subprocess.Popen(
-        [DOCKER, "-H", f"unix://{e.sock}", "build", "-q", "-t", "slow:1", str(ctx)],
-        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        e.docker_argv("build", "-q", "-t", "slow:1", str(ctx)),
+        env=e.bins.client_env(buildkit=False),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

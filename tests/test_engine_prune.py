@@ -20,7 +20,7 @@ from dockergc.prune.plan import make_prune_plan
 from dockergc.prune.policy import PrunePolicy
 from dockergc.prune.read import read_engine_facts
 from tests.conftest import run_cli
-from tests.engine import Engine
+from tests.engine import ENGINE_VERSIONS, Engine
 
 pytestmark = pytest.mark.engine
 
@@ -67,9 +67,9 @@ REMOVED_TAGS = {"web:1", "web:2", "pair:1", "pair:2", "gone:1"}
 KEPT_TAGS = set(IMAGES) - REMOVED_TAGS | {"base:1", "bk:1"}
 
 
-@pytest.fixture(scope="module")
-def prune_engine() -> Iterator[tuple[Engine, dict[str, str]]]:
-    e = Engine()
+@pytest.fixture(scope="module", params=ENGINE_VERSIONS)
+def prune_engine(request: pytest.FixtureRequest) -> Iterator[tuple[Engine, dict[str, str]]]:
+    e = Engine(version=request.param)
     try:
         e.start()
         e.import_base()

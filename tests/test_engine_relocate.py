@@ -26,16 +26,16 @@ from dockergc.relocate import steps as S
 from dockergc.relocate.daemonjson import sha256_of
 from dockergc.relocate.plan import Control, plan_relocation
 from tests.conftest import run_cli
-from tests.engine import Engine, loop_fs
+from tests.engine import ENGINE_VERSIONS, Engine, loop_fs
 from tests.realstate import APP
 
 pytestmark = pytest.mark.engine
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[tuple[Engine, str, str, Path]]:
+@pytest.fixture(params=ENGINE_VERSIONS)
+def host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engine, str, str, Path]]:
     """A detached daemon whose root is named in its daemon.json, with real state."""
-    e = Engine(root_in_config=True)
+    e = Engine(root_in_config=True, version=request.param)
     try:
         stop, start = e.start_detached()
         e.import_base()

@@ -27,7 +27,7 @@ from dockergc.relocate import daemonjson, executor
 from dockergc.relocate import steps as S
 from dockergc.relocate.plan import Control, plan_relocation
 from tests.conftest import run_cli
-from tests.engine import Engine, loop_fs
+from tests.engine import ENGINE_VERSIONS, Engine, loop_fs
 from tests.realstate import APP
 from tests.relocate_crash import record_labels, relocate_and_kill
 
@@ -83,9 +83,9 @@ class Host:
         ]
 
 
-@pytest.fixture(scope="module")
-def host() -> Iterator[Host]:
-    e = Engine(root_in_config=True)
+@pytest.fixture(scope="module", params=ENGINE_VERSIONS)
+def host(request: pytest.FixtureRequest) -> Iterator[Host]:
+    e = Engine(root_in_config=True, version=request.param)
     try:
         original = (ORIGINAL % e.root).encode()
         e.config.write_bytes(original)
