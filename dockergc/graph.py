@@ -92,6 +92,17 @@ class _Marker:
         self.layer_reason: dict[str, str] = {}  # chain id -> why a root reaches it
         self.unreached: dict[str, LayerRecord] = {}  # layers no root reaches
         self.layers_kept: dict[str, str] = {}  # ... and kept all the same
+        # An image that should exist but cannot be read names layers nobody can list: no
+        # layer is then unreferenced for sure (orphan dirs, which no layer names, are not
+        # affected). A tag naming an image imagedb lacks is such an image.
+        known = {image.id for image in snap.images.images}
+        lost = sorted((ref, i) for ref, i in snap.images.tags.items() if i not in known)
+        self.layer_hold = (
+            f"tag {lost[0][0]} names image {lost[0][1][:19]}, which imagedb lacks: the "
+            "layers it needs are unknown"
+            if lost
+            else ""
+        )
         # Dirs a -removing layerdb record names: accounted for (being deleted).
         self.pending_dirs = {r.cache_id for r in snap.layers.removing if r.cache_id}
 
@@ -370,6 +381,8 @@ class _Marker:
             self.propagate()
 
     def _in_use(self, layer: LayerRecord) -> str | None:
+        if self.layer_hold:
+            return self.layer_hold
         cache = layer.cache_id
         if cache in self.live:
             return f"its dir overlay2/{_short(cache)} is in use: {self.live[cache]}"

@@ -355,7 +355,7 @@ def test_ids_moved_between_records_never_free_a_referenced_path(
         finally:
             for path, value in before.items():
                 _put(path, value)
-        planned = {a.path for a in plan.actions} & live_before
+        planned = {p for a in plan.actions for p in a.paths} & live_before
         assert not planned, (cls, {str(p): v for p, v in change.items()}, planned, plan.frozen)
         frozen += bool(plan.frozen)
     print(f"{cls}: {len(changes)} mutations ({frozen} frozen), 0 referenced planned, 0 errors")

@@ -140,7 +140,7 @@ def test_plans_are_exact_safe_under_corruption_and_deterministic(w: dict[str, ob
         for cls, a, b, swap in w["moves"]:  # type: ignore[attr-defined]
             move_ids(root, cls, a, b, swap)  # valid ids moved between records
         _, _, first = plan_root(root, Policy(min_age=0), NO_MOUNTS)
-        assert not {a.path for a in first.actions} & live
+        assert not {p for a in first.actions for p in a.paths} & live
         _, _, second = plan_root(root, Policy(min_age=0), NO_MOUNTS)
         assert [(a.id, a.path, a.bytes) for a in first.actions] == [
             (a.id, a.path, a.bytes) for a in second.actions

@@ -286,3 +286,22 @@ def test_scan_counts_them(tmp_path: Path) -> None:
     w.b.finish()
     doc = json.loads(run_cli("scan", "--root", str(w.root), "--config-file", "/x", "--json").stdout)
     assert doc["unreferenced_layers"] == 3
+
+
+def test_a_tag_naming_a_missing_image_keeps_every_layer(tmp_path: Path) -> None:
+    """Found by the property test: a tag whose image config is gone names layers nobody
+    can list, so no layer is unreferenced for sure; orphan dirs still go."""
+    w = world(tmp_path)
+    gone = w.b.layer({"g": b"g"}, w.base)
+    own = w.b.layer({"o": b"o"}, w.base)
+    own_id = w.b.image([w.base, own], ["own:1"])
+    orphan = w.b.interrupted_pull(w.base, {"p": b"p"})
+    w.b.finish()
+    (w.root / "image/overlay2/imagedb/content/sha256" / own_id[7:]).unlink()
+    p = plan_of(w)
+    assert layer_actions(p) == []
+    kept = {k.path: k.reason for k in p.kept}
+    for layer in (gone, own):
+        assert "tag own:1 names image" in kept[rel(layer)], kept[rel(layer)]
+    assert f"overlay2/{orphan}" in {a.path for a in p.actions}
+    assert f"overlay2/{own.cache_id}" not in {a.path for a in p.actions}
