@@ -88,7 +88,7 @@ def _daemon_on(root: Path) -> str | None:
     unreferenced layers it holds in memory instead of planning them."""
     from dockergc.daemon import daemons_using
 
-    users = [d for d in daemons_using(root) if d.kind != "process"]
+    users = daemons_using(root)  # a daemon under any name: found by what it holds
     return users[0].describe() if users else None
 
 

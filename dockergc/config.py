@@ -45,6 +45,32 @@ SCHEMA: dict[str, tuple[Any, type | tuple[type, ...], str]] = {
     ),
     "prune_low_watermark": (None, (int, float, str), "prune: ... until under this (same form)"),
 }
+# Key -> the flag that overrides it, so a message names what the user typed.
+FLAGS = {
+    "root": "--root",
+    "daemon_config": "--config-file",
+    "min_age": "--min-age",
+    "live_min_age": "--min-age",
+    "excludes": "--exclude",
+    "retention": "--older-than",
+    "high_watermark": "--high-watermark",
+    "low_watermark": "--low-watermark",
+    "metrics_file": "--metrics-file",
+    "state_dir": "--state-dir",
+    "prune_containers_older_than": "--containers-older-than",
+    "prune_dangling": "--dangling",
+    "prune_images_older_than": "--images-older-than",
+    "prune_build_cache_older_than": "--build-cache-older-than",
+    "prune_keep": "--keep",
+    "prune_keep_labels": "--keep-label",
+    "prune_keep_newest": "--keep-newest",
+    "prune_volumes": "--volumes",
+    "prune_volumes_all": "--volumes-all",
+    "prune_keep_volumes": "--keep-volume",
+    "prune_keep_containers": "--keep-container",
+    "prune_high_watermark": "--high-watermark",
+    "prune_low_watermark": "--low-watermark",
+}
 LISTS_OF_STRINGS = (
     "excludes",
     "prune_keep",
@@ -59,6 +85,16 @@ class Setting:
     key: str
     value: Any
     source: str  # "default", the config file's path, or "--flag"
+
+    @property
+    def named(self) -> str:
+        """How the user gave this setting, for messages: the flag they typed, or the key
+        and the file it is in."""
+        if self.source.startswith("--"):
+            return self.source
+        if self.source == "default":
+            return f"the default {self.key}"
+        return f"{self.key} in {self.source}"
 
 
 def load(path: Path, required: bool = False) -> dict[str, Setting]:
@@ -83,21 +119,60 @@ def load(path: Path, required: bool = False) -> dict[str, Setting]:
             raise UsageError(
                 f"config file {path}: unknown key {key!r} (known: {', '.join(sorted(SCHEMA))})"
             )
-        if not isinstance(value, SCHEMA[name][1]):
-            raise UsageError(f"config file {path}: {key} has the wrong type")
+        wanted = SCHEMA[name][1]
+        # TOML's true is a Python bool, which is an int: only a bool key takes it.
+        boolean_slip = isinstance(value, bool) and bool not in _types(wanted)
         strings = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        if name in LISTS_OF_STRINGS and not strings:
-            raise UsageError(f"config file {path}: {key} must be a list of strings")
+        if (
+            boolean_slip
+            or not isinstance(value, wanted)
+            or (name in LISTS_OF_STRINGS and not strings)
+        ):
+            raise UsageError(
+                f"config file {path}: {key} has the wrong type: it must be {_expected(name)}, "
+                f"not {_toml_kind(value)}"
+            )
         settings[name] = Setting(name, value, str(path))
     return settings
 
 
+def _types(wanted: type | tuple[type, ...]) -> tuple[type, ...]:
+    return wanted if isinstance(wanted, tuple) else (wanted,)
+
+
+def _expected(name: str) -> str:
+    if name in LISTS_OF_STRINGS:
+        return "a list of strings"
+    wanted = _types(SCHEMA[name][1])
+    if wanted == (bool,):
+        return "true or false"
+    if wanted == (int,):
+        return "an integer"
+    if wanted == (str,):
+        return "a string"
+    return 'a percentage or size like "85%" (a string or a number)'
+
+
+def _toml_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    for kind, name in ((int, "an integer"), (float, "a number"), (str, "a string")):
+        if isinstance(value, kind):
+            return f"{name} ({value!r})"
+    if isinstance(value, list):
+        return "a list" if all(isinstance(v, str) for v in value) else "a list holding non-strings"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"
+
+
 def override(settings: dict[str, Setting], **flags: Any) -> dict[str, Setting]:
-    """Flags given on the command line (not None, not empty) win."""
+    """Flags given on the command line (not None, not empty) win; each is recorded under
+    the flag's own name (``retention`` comes from ``--older-than``)."""
     out = dict(settings)
     for key, value in flags.items():
         if value is not None and value != [] and value != ():
-            out[key] = Setting(key, value, "--" + key.replace("_", "-"))
+            out[key] = Setting(key, value, FLAGS.get(key, "--" + key.replace("_", "-")))
     return out
 
 
@@ -121,22 +196,16 @@ def watermarks(high: Setting, low: Setting) -> tuple[float | None, float | None]
     A low mark alone would purge quarantine right after every run whatever the disk
     usage, ignoring retention (nothing could be rolled back), and a low mark above the
     high one makes no sense: both are usage errors, however the marks were given."""
-    hi, lo = percent(high.value, _named(high)), percent(low.value, _named(low))
+    hi, lo = percent(high.value, high.named), percent(low.value, low.named)
     if lo is not None and hi is None:
         raise UsageError(
-            f"{_named(low)} needs a high watermark too (--high-watermark, or high_watermark "
+            f"{low.named} needs a high watermark too (--high-watermark, or high_watermark "
             "in the config file): alone it would purge quarantine after every run, "
             "ignoring retention"
         )
     if lo is not None and hi is not None and lo > hi:
         raise UsageError(
-            f"{_named(low)} ({lo:g}%) is above {_named(high)} ({hi:g}%); "
+            f"{low.named} ({lo:g}%) is above {high.named} ({hi:g}%); "
             "the low mark must not exceed the high one"
         )
     return hi, hi if lo is None else lo
-
-
-def _named(setting: Setting) -> str:
-    """How the user gave a setting: its flag, or its key in the file it came from."""
-    flag = "--" + setting.key.replace("_", "-")
-    return flag if setting.source == flag else f"{setting.key} in {setting.source}"

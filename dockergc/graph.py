@@ -392,37 +392,68 @@ class _Marker:
             return f"its dir overlay2/{_short(cache)} is missing"
         if not is_layer_dir_name(cache):
             return f"its dir name {cache} is not a daemon layer id"
+        return self._misfit(layer)
+
+    def _misfit(self, layer: LayerRecord) -> str | None:
+        """Why the layer's dir may not be the one its record meant: the daemon writes a
+        layer dir's lower file as its parent's link, then the parent's lower (none for a
+        base layer). A record whose cache-id was changed or swapped names a dir whose
+        lower says otherwise; that dir may be someone else's, so the layer is kept."""
+        d = self.dirs[layer.cache_id]
+        if layer.bad_parent or not layer.detail:
+            return "its parent is unknown"
+        if not d.lower_ok:
+            return f"its dir overlay2/{_short(d.name)} has an unreadable lower file"
+        expected: tuple[str, ...] = ()
+        if layer.parent:
+            parent = self.layer_by_chain.get(layer.parent)
+            pd = self.dirs.get(parent.cache_id) if parent else None
+            if pd is None or not pd.link or not pd.lower_ok:
+                return "its parent's dir is unknown"
+            expected = (pd.link, *pd.lower)
+        if d.lower != expected:
+            return (
+                f"its dir overlay2/{_short(d.name)}'s lower file is not its parent's "
+                "chain (the record may name another's dir)"
+            )
         return None
 
     def order_unreferenced(self) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
-        """The layers to remove, children first, and for each the ones that must go first:
-        children by ``parent``, and by ``lower`` (a dir lists every ancestor's link)."""
+        """The layers to remove, children first, and for each its direct children among
+        them (by ``parent``, and by its dir's first ``lower`` entry): each must go before
+        it, so a parent never goes while a kept child names it. Kahn's order: linear in
+        the layers, whatever the depth."""
         gone = {c: layer for c, layer in self.unreached.items() if c not in self.layers_kept}
         by_dir = {layer.cache_id: c for c, layer in gone.items()}
         after: dict[str, set[str]] = {c: set() for c in gone}
         for chain, layer in gone.items():
-            if layer.parent in gone:
-                after[layer.parent].add(chain)
+            parents = {layer.parent}
             d = self.dirs.get(layer.cache_id)
-            for short in d.lower if d is not None else ():
-                ancestor = by_dir.get(self.link_owner.get(short, ""))
-                if ancestor is not None and ancestor != chain:
-                    after[ancestor].add(chain)
-        # Children first: a layer comes once everything that must precede it has come.
+            if d is not None and d.lower:
+                parents.add(by_dir.get(self.link_owner.get(d.lower[0], "")))
+            for parent in parents:
+                if parent in gone and parent != chain:
+                    after[parent].add(chain)
+        waiting = {c: len(children) for c, children in after.items()}
+        parents_of: dict[str, list[str]] = {}
+        for parent, children in after.items():
+            for child in children:
+                parents_of.setdefault(child, []).append(parent)
+        ready = deque(sorted(c for c, n in waiting.items() if n == 0))
         order: list[str] = []
-        placed: set[str] = set()
-        pending = sorted(gone)
-        while pending:
-            ready = [c for c in pending if after[c] <= placed]
-            if not ready:  # a loop of parents: only corrupt records make one
-                self.freeze.append(
-                    f"layers {', '.join(_short(c[7:]) for c in pending[:3])} name each other "
-                    "as parents (a loop)"
-                )
-                break
-            order += ready
-            placed.update(ready)
-            pending = [c for c in pending if c not in placed]
+        while ready:
+            chain = ready.popleft()
+            order.append(chain)
+            for parent in sorted(parents_of.get(chain, ())):
+                waiting[parent] -= 1
+                if waiting[parent] == 0:
+                    ready.append(parent)
+        if len(order) < len(gone):  # a loop of parents: only corrupt records make one
+            stuck = sorted(set(gone) - set(order))
+            self.freeze.append(
+                f"layers {', '.join(_short(c[7:]) for c in stuck[:3])} name each other "
+                "as parents (a loop)"
+            )
         return tuple(order), {c: tuple(sorted(after[c])) for c in order if after[c]}
 
     def roots_checked(self) -> tuple[str, ...]:
@@ -433,6 +464,21 @@ class _Marker:
             f"no layerdb mount record's parent chain ({len(snap.layers.mounts)} records)",
             f"not named in BuildKit's records ({len(snap.buildkit.files)} files)",
         )
+
+    def check_mount_dirs(self) -> None:
+        """Freeze when a mount record's dir does not fit the record (its lower file is not
+        what the daemon writes for a dir on the record's parent): the record's id was
+        changed or swapped with another record's, and the dir it meant may now look like
+        anyone's (a -removing record's, an unreferenced layer's)."""
+        for mount in self.snap.layers.mounts:
+            fits = self._fits(mount)
+            for which, name in (("mount-id", mount.mount_id), ("init-id", mount.init_id)):
+                d = self.dirs.get(name or "")
+                if d is not None and d.lower_ok and not fits(d.name, d.lower):
+                    self.freeze.append(
+                        f"mount record {_short(mount.name)}'s {which} names "
+                        f"overlay2/{_short(d.name)}, whose lower file does not fit the record"
+                    )
 
     def check_consistency(self) -> None:
         snap = self.snap
@@ -495,6 +541,7 @@ def mark(snap: Snapshot) -> Graph:
     marker.propagate()
     marker.keep_reached_layers()
     order, after = marker.order_unreferenced()
+    marker.check_mount_dirs()
     marker.check_consistency()
     return Graph(
         live=dict(sorted(marker.live.items())),

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dockergc.durations import format_duration
 from dockergc.errors import PlanFileError
 from dockergc.graph import Graph, is_layer_dir_name
 from dockergc.measure import Usage
@@ -160,49 +161,105 @@ class Plan:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Plan:
-        """Rebuild a saved plan; anything not of the expected shape is a PlanFileError."""
-        try:
-            if doc.get("version") != PLAN_VERSION:
-                raise PlanFileError(f"plan version {doc.get('version')!r} is not {PLAN_VERSION}")
-            policy = doc.get("policy") or {}
-            actions = tuple(
-                Action(
-                    id=str(a["id"]),
-                    kind=_known_kind(a["kind"]),
-                    path=_safe_rel(a["path"]),
-                    bytes=int(a["bytes"]),
-                    age_seconds=int(a["age_seconds"]),
-                    reason=str(a["reason"]),
-                    evidence=tuple(str(e) for e in a["evidence"]),
-                    dev=int(a["dev"]),
-                    ino=int(a["ino"]),
-                    depends_on=_safe_rel(a["depends_on"]) if a.get("depends_on") else None,
-                    parts=tuple(
-                        Part(_safe_rel(p["path"]), int(p["dev"]), int(p["ino"]))
-                        for p in a.get("parts", ())
-                    ),
-                    after=tuple(_safe_rel(x) for x in a.get("after", ())),
-                )
-                for a in doc["actions"]
+        """Rebuild a saved plan; anything not of the expected shape is a PlanFileError
+        naming the field ("actions[0].bytes must be an integer, not a string")."""
+        if not isinstance(doc, Mapping):
+            raise PlanFileError(f"a plan is a JSON object, not {_json_kind(doc)}")
+        if doc.get("version") != PLAN_VERSION:
+            raise PlanFileError(f"plan version {doc.get('version')!r} is not {PLAN_VERSION}")
+        policy = _field(doc, "policy", dict, "", {})
+        return cls(
+            version=PLAN_VERSION,
+            root=_field(doc, "root", str, ""),
+            created=_field(doc, "created", str, ""),
+            min_age_seconds=float(_field(policy, "min_age_seconds", float, "policy", 0)),
+            excludes=_strings(policy, "excludes", "policy"),
+            actions=tuple(
+                _action(a, f"actions[{i}]") for i, a in enumerate(_field(doc, "actions", list, ""))
+            ),
+            kept=tuple(
+                Kept(*(_field(k, key, str, f"kept[{i}]") for key in ("path", "kind", "reason")))
+                for i, k in enumerate(_field(doc, "kept", list, "", []))
+            ),
+            frozen=_strings(doc, "frozen", ""),
+            notes=_strings(doc, "notes", ""),
+        )
+
+
+_REQUIRED: Any = object()
+_WANTED = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object"}
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in the words of the message that rejects it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    for kind in (str, int, float, list, dict):
+        if isinstance(value, kind):
+            return _WANTED[kind]
+    return type(value).__name__
+
+
+def _field(doc: object, key: str, kind: type, where: str, default: Any = _REQUIRED) -> Any:
+    """``doc[key]``, checked to be a ``kind``; errors name the field as ``where.key``."""
+    name = f"{where}.{key}" if where else key
+    if not isinstance(doc, Mapping):
+        raise PlanFileError(f"{where or 'the plan'} must be an object, not {_json_kind(doc)}")
+    value = doc.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise PlanFileError(f"{name} is missing")
+        return default
+    number = kind in (int, float) and not isinstance(value, bool)
+    fits = isinstance(value, (int, float) if kind is float else kind)
+    if not fits or (kind in (int, float) and not number):
+        raise PlanFileError(f"{name} must be {_WANTED[kind]}, not {_json_kind(value)}")
+    if kind is int and value < 0:
+        raise PlanFileError(f"{name} must not be negative")
+    return value
+
+
+def _strings(doc: object, key: str, where: str) -> tuple[str, ...]:
+    items = _field(doc, key, list, where, [])
+    name = f"{where}.{key}" if where else key
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise PlanFileError(f"{name}[{i}] must be a string, not {_json_kind(item)}")
+    return tuple(items)
+
+
+def _action(a: object, where: str) -> Action:
+    depends_on = _field(a, "depends_on", str, where, None)
+    action = _action_fields(a, where, depends_on)
+    if (action.parts or action.after) and action.kind != "unreferenced-layer":
+        raise PlanFileError(f"{where}: only an unreferenced-layer item has parts or after")
+    return action
+
+
+def _action_fields(a: object, where: str, depends_on: str | None) -> Action:
+    return Action(
+        id=_field(a, "id", str, where),
+        kind=_known_kind(_field(a, "kind", str, where)),
+        path=_safe_rel(_field(a, "path", str, where)),
+        bytes=_field(a, "bytes", int, where),
+        age_seconds=_field(a, "age_seconds", int, where),
+        reason=_field(a, "reason", str, where),
+        evidence=_strings(a, "evidence", where),
+        dev=_field(a, "dev", int, where),
+        ino=_field(a, "ino", int, where),
+        depends_on=_safe_rel(depends_on) if depends_on else None,
+        parts=tuple(
+            Part(
+                _safe_rel(_field(p, "path", str, f"{where}.parts[{j}]")),
+                _field(p, "dev", int, f"{where}.parts[{j}]"),
+                _field(p, "ino", int, f"{where}.parts[{j}]"),
             )
-            kept = tuple(
-                Kept(str(k["path"]), str(k["kind"]), str(k["reason"])) for k in doc.get("kept", [])
-            )
-            return cls(
-                version=PLAN_VERSION,
-                root=str(doc["root"]),
-                created=str(doc["created"]),
-                min_age_seconds=float(policy.get("min_age_seconds", 0)),
-                excludes=tuple(str(e) for e in policy.get("excludes", [])),
-                actions=actions,
-                kept=kept,
-                frozen=tuple(str(f) for f in doc.get("frozen", [])),
-                notes=tuple(str(n) for n in doc.get("notes", [])),
-            )
-        except PlanFileError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise PlanFileError(f"not a dockergc plan: {exc!r}") from exc
+            for j, p in enumerate(_field(a, "parts", list, where, []))
+        ),
+        after=tuple(_safe_rel(x) for x in _strings(a, "after", where)),
+    )
 
 
 def _known_kind(kind: object) -> str:
@@ -230,6 +287,8 @@ def candidates(snap: Snapshot, graph: Graph) -> list[Candidate]:
     dir_names = {d.name: d for d in snap.overlay.dirs}
     layers = layer_candidates(snap, graph, namespaces)
     grouped = {p for c in layers for p in c.parts}  # a layer's dir and link go with it
+    # Another l/ link to a grouped dir goes (or stays) with the group's item.
+    group_of = {p: c.path for c in layers for p in c.parts}
     out += layers
     for d in snap.overlay.dirs:
         if d.name in graph.live or not is_layer_dir_name(d.name):
@@ -309,7 +368,9 @@ def candidates(snap: Snapshot, graph: Graph) -> list[Candidate]:
                         f"target {link.target} is itself unreferenced",
                         "no live lower file lists it",
                     ),
-                    depends_on=f"overlay2/{link.target_dir}",
+                    depends_on=group_of.get(
+                        f"overlay2/{link.target_dir}", f"overlay2/{link.target_dir}"
+                    ),
                 )
             )
     for r in snap.layers.removing:
@@ -547,7 +608,7 @@ def _keep_reason(
     age = policy.now - u.newest_change
     if age < policy.min_age:
         return (
-            f"{YOUNG} ({_ago(age)} < {_ago(policy.min_age)}): "
+            f"{YOUNG} ({_ago(age)} < {format_duration(policy.min_age)}): "
             "an in-flight pull, build or create may own it"
         )
     return None
@@ -566,7 +627,7 @@ def grace_note(plan: Plan, now: float, written_at: float | None) -> str | None:
     if plan.actions or not young:
         return None
     grace = plan.min_age_seconds
-    note = f"all {len(young)} candidate(s) are {YOUNG} ({_ago(grace)})"
+    note = f"all {len(young)} candidate(s) are {YOUNG} ({format_duration(grace)})"
     if written_at is not None and now - written_at < grace:
         copied = datetime.fromtimestamp(written_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
         ready = datetime.fromtimestamp(written_at + grace, UTC).strftime("%Y-%m-%d %H:%M UTC")

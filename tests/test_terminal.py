@@ -23,7 +23,7 @@ def test_rich_table_holds_every_action_and_the_totals(tmp_path: Path) -> None:
     text = RichRenderer(Console(width=400, color_system=None), verbose=True).render(plan)
     for a in plan.actions:
         assert a.path in text and a.kind in text
-    assert "would remove 11 item(s)" in text and "backup-before-upgrade" in text
+    assert "would remove 13 item(s)" in text and "backup-before-upgrade" in text
     assert "newest change" in text  # evidence with -v
 
 
@@ -49,4 +49,4 @@ def test_terminal_gets_rich_and_a_pipe_gets_plain(tmp_path: Path) -> None:
         env={"COLUMNS": "200", "TERM": "xterm", "PATH": "/usr/bin:/bin"},
     )
     assert bar.returncode == 0, bar.stdout
-    assert "11/11" in bar.stdout and "applied" in bar.stdout
+    assert "13/13" in bar.stdout and "applied" in bar.stdout

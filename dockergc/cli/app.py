@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dockergc import api
+from dockergc import __version__, api
 from dockergc.config import DEFAULT_PATH, Setting, load, override
 from dockergc.durations import parse_duration
 from dockergc.errors import RefusedError, UsageError
 from dockergc.plan import Policy
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -26,7 +27,9 @@ app = typer.Typer(
     "Exit codes: 0 ok, 1 error, 2 usage, 3 refused as unsafe, 4 plan --check found work.",
 )
 
-_state = {"debug": False}
+# debug: --debug; quiet: -q; json_printed: stdout already holds this run's JSON object
+# (an error after it is then not printed there a second time).
+_state = {"debug": False, "quiet": False, "json_printed": False}
 
 LIVE_FLOOR_SECONDS = 3600.0
 
@@ -77,7 +80,13 @@ LiveOpt = Annotated[
 ]
 
 
-_config: dict[str, object] = {"path": DEFAULT_PATH, "required": False}
+_config: dict[str, object] = {"path": DEFAULT_PATH, "required": False, "source": "default"}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"dockergc {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -91,9 +100,33 @@ def _global(
             help="dockergc's config file [default: /etc/dockergc/config.toml].",
         ),
     ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print only errors (and the JSON object --json asks for): no reports, "
+            "notes or progress lines. Files (--out, --html, metrics) are still written.",
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
 ) -> None:
-    _state["debug"] = debug
+    _state["debug"], _state["quiet"], _state["json_printed"] = debug, quiet, False
     _config["path"], _config["required"] = (config, True) if config else (DEFAULT_PATH, False)
+    from_env = config is not None and os.environ.get("DOCKERGC_CONFIG") == str(config)
+    _config["source"] = ("DOCKERGC_CONFIG" if from_env else "--config") if config else "default"
+
+
+def dockergc_config() -> tuple[Path, str]:
+    """The config file this invocation reads, and how it was chosen."""
+    path = _config["path"]
+    assert isinstance(path, Path)
+    return path, str(_config["source"])
 
 
 def settings(**flags: object) -> dict[str, Setting]:
@@ -118,9 +151,12 @@ def policy_from_flags(min_age: str | None, exclude: list[str] | None, live: bool
     grace period."""
     s = settings(min_age=min_age, live_min_age=min_age if live else None, excludes=exclude)
     chosen = s["live_min_age" if live else "min_age"]
-    seconds = parse_duration(str(chosen.value), chosen.source)
+    seconds = parse_duration(str(chosen.value), chosen.named)
     if live and seconds < LIVE_FLOOR_SECONDS:
-        raise UsageError("--live needs --min-age of at least 1h: in-flight pulls and builds")
+        raise UsageError(
+            f"--live needs a grace period of at least 1h (in-flight pulls and builds); "
+            f"{chosen.named} is {chosen.value}"
+        )
     daemon = "the running daemon (--live)" if live else None
     return Policy(min_age=seconds, excludes=tuple(s["excludes"].value), daemon=daemon)
 
@@ -135,13 +171,46 @@ def confirm(question: str, yes: bool) -> None:
         raise RefusedError("nothing changed: not confirmed")
 
 
-def say(text: str, err: bool = False) -> None:
-    """Print a line. A reader that went away (``dockergc gc | head -1``) silences the
+def say(text: str, err: bool = False, always: bool = False) -> None:
+    """Print a line (nothing under -q unless ``always``: errors, a report shown before a
+    question). A reader that went away (``dockergc gc | head -1``) silences the
     rest of the output and never stops the work: output goes to /dev/null from then on."""
+    if _state["quiet"] and not always:
+        return
     try:
         typer.echo(text, err=err)
     except OSError:  # a closed pipe, or a terminal hung up (EIO)
         silence(sys.stderr if err else sys.stdout)
+
+
+def is_quiet() -> bool:
+    return bool(_state["quiet"])
+
+
+def say_json(doc: object) -> None:
+    """Print the one JSON object --json promises (-q does not silence it)."""
+    from dockergc.render.jsonfmt import dumps
+
+    say(dumps(doc), always=True)
+    _state["json_printed"] = True
+
+
+def say_chunks(chunks: Iterable[str]) -> None:
+    """Print a JSON object given in pieces (a plan of many thousand actions)."""
+    try:
+        sys.stdout.writelines(chunks)
+        sys.stdout.flush()
+    except OSError:
+        silence(sys.stdout)
+    _state["json_printed"] = True
+
+
+def emit(json: bool, doc: object, text: str) -> None:
+    """A command's result: the JSON object under --json, else the text."""
+    if json:
+        say_json(doc)
+    else:
+        say(text)
 
 
 def silence(stream: object) -> None:

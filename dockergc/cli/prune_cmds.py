@@ -11,14 +11,13 @@ from typing import Annotated
 import typer
 
 from dockergc import daemon
-from dockergc.cli.app import JsonOpt, app, confirm, settings
+from dockergc.cli.app import JsonOpt, app, confirm, emit, say, settings
 from dockergc.errors import EXIT_ERROR, RefusedError, UsageError
 from dockergc.lock import exclusive
 from dockergc.prune.executor import run_prune
 from dockergc.prune.options import policy_from_settings
 from dockergc.prune.plan import make_prune_plan
 from dockergc.prune.read import read_engine_facts
-from dockergc.render.jsonfmt import dumps
 from dockergc.render.prune import prune_plan_text, prune_result_text
 
 
@@ -156,19 +155,19 @@ def prune(
         facts = read_engine_facts(client, root, wanted, named_volumes=policy.volumes_all)
     plan = make_prune_plan(facts, policy)
     if dry_run or not plan.items:
-        typer.echo(dumps(plan.to_dict()) if json else prune_plan_text(plan))
+        emit(json, plan.to_dict(), prune_plan_text(plan))
         return
-    if not json:
-        typer.echo(prune_plan_text(plan))
+    if not json:  # shown before the question, -q or not
+        say(prune_plan_text(plan), always=not yes)
     confirm(f"Remove these {len(plan.items)} items through the daemon?", yes)
     if os.geteuid() != 0:
         raise RefusedError("prune keeps its journal under the data root: run it as root")
     with exclusive(Path(facts.root)), daemon.engine_errors(engine):
         result = run_prune(client, Path(facts.root), plan, _progress(json))
-    typer.echo(dumps(result.to_dict()) if json else prune_result_text(result))
+    emit(json, result.to_dict(), prune_result_text(result))
     if result.count("error"):
         raise typer.Exit(EXIT_ERROR)
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:
-    return (lambda _: None) if quiet else (lambda line: typer.echo(line, err=True))
+    return (lambda _: None) if quiet else (lambda line: say(line, err=True))

@@ -17,7 +17,9 @@ from dockergc.cli.app import (
     YesOpt,
     app,
     confirm,
+    emit,
     say,
+    say_json,
     settings,
     target_from,
 )
@@ -34,7 +36,6 @@ from dockergc.execute.runner import (
 from dockergc.lock import exclusive
 from dockergc.relocate import executor, impl
 from dockergc.relocate.plan import Control, plan_relocation
-from dockergc.render.jsonfmt import dumps
 from dockergc.render.relocation import preflight_text, view_dict, view_text
 
 relocate_app = typer.Typer(
@@ -115,7 +116,7 @@ def relocate(
             # After the question: Ctrl-C answers it. SIGHUP too: an SSH drop mid-run.
             with _stop_between_steps(RELOCATION_SIGNALS) as stop:
                 view = executor.resume(journal, _ctx(resume, json, stop))
-        typer.echo(dumps(view_dict(view)) if json else view_text(view))
+        emit(json, view_dict(view), view_text(view))
         return
     if to is None:
         raise UsageError("relocate needs --to NEW (or --resume RUN, or a subcommand)")
@@ -129,9 +130,10 @@ def relocate(
     new = Path(os.path.realpath(to))
     engine = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
     pf, images, containers = api.relocation_facts(old, new, daemon_config, engine)
-    typer.echo(
-        dumps(pf.as_dict()) if json and dry_run else preflight_text(pf), err=not dry_run and json
-    )
+    if json and dry_run:
+        say_json(pf.as_dict())
+    else:  # shown before the question (and when preflight fails), -q or not
+        say(preflight_text(pf), err=json, always=not pf.ok or not yes)
     if not pf.ok:
         raise RefusedError("preflight failed; nothing was changed")
     if dry_run:
@@ -167,7 +169,7 @@ def relocate(
         executor.refuse_if_unfinished(states)
         journal = executor.begin(states, run_id, old, new, steps)
         view = executor.run(journal, _ctx(run_id, json, stop))
-    typer.echo(dumps(view_dict(view)) if json else view_text(view))
+    emit(json, view_dict(view), view_text(view))
 
 
 RunIdArg = Annotated[str | None, typer.Argument(help="Relocation id [default: the latest].")]
@@ -190,7 +192,7 @@ def _after_the_fact(
         # The undo or removal under way finishes and is journaled; then it stops.
         with _stop_between_steps(RELOCATION_SIGNALS) as stop:
             view = act(journal, _ctx(rid, json, stop))
-    typer.echo(dumps(view_dict(view)) if json else view_text(view))
+    emit(json, view_dict(view), view_text(view))
     return view
 
 

@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, ParamSpec, TypeVar
@@ -26,6 +27,8 @@ from dockergc.cli.app import (
     YesOpt,
     app,
     confirm,
+    emit,
+    is_quiet,
     policy_from_flags,
     say,
     settings,
@@ -34,16 +37,18 @@ from dockergc.cli.app import (
 from dockergc.cli.output import write_atomic
 from dockergc.config import watermarks
 from dockergc.durations import parse_duration
-from dockergc.errors import Interrupted, PlanFileError, UsageError
+from dockergc.errors import EXIT_REFUSED, DockerGCError, Interrupted, PlanFileError, UsageError
 from dockergc.execute import runner
 from dockergc.execute.journal import RunView, list_runs, load
+from dockergc.fleet import load_plan_file
 from dockergc.lock import exclusive
 from dockergc.plan import Plan
-from dockergc.render.jsonfmt import dumps
+from dockergc.render.interface import human_bytes
+from dockergc.render.jsonfmt import plan_document
 from dockergc.render.prometheus import render_metrics
 from dockergc.render.runs import run_summary, run_to_dict, runs_table
 from dockergc.render.table import TableRenderer
-from dockergc.store.fsread import parse_json
+from dockergc.retention import purgeable, quarantined_bytes
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,9 +86,52 @@ def _signals_stop(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+# Whether this gc invocation wrote its metrics already (a run interrupted after its report).
+_metrics_written: ContextVar[bool] = ContextVar("_metrics_written", default=False)
+
+
+def _failure_result(exc: BaseException) -> str:
+    if isinstance(exc, Interrupted | KeyboardInterrupt):
+        return "interrupted"
+    return "refused" if getattr(exc, "exit_code", None) == EXIT_REFUSED else "error"
+
+
+def _metrics_on_failure(command: Callable[P, R]) -> Callable[P, R]:
+    """gc's metrics for a run that ended in a refusal, an error or a signal before it
+    wrote its own: result="refused"/"error"/"interrupted", success 0."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        started = time.time()
+        token = _metrics_written.set(False)
+        try:
+            return command(*args, **kwargs)
+        except (Exception, KeyboardInterrupt) as exc:
+            if not _metrics_written.get():
+                _failure_metrics(kwargs, started, _failure_result(exc))
+            raise
+        finally:
+            _metrics_written.reset(token)
+
+    return wrapper
+
+
+def _failure_metrics(flags: dict[str, object], started: float, result: str) -> None:
+    root = flags.get("root")
+    try:
+        path = _metrics_path(flags.get("metrics_file"))  # type: ignore[arg-type]
+        try:
+            label = str(target_from(root, flags.get("config_file")).root.path)  # type: ignore[arg-type]
+        except DockerGCError:  # a root refused as it was located: name it as it was given
+            label = str(root or settings()["root"].value or "")
+    except DockerGCError:  # the settings are what failed (gc said so): nowhere to write
+        return
+    _write_metrics(path, None, None, started, result, root=label)
+
+
 def _progress(json: bool) -> runner.Progress:
     """Per-step lines on stderr; on a terminal, a Rich progress bar fed by the same lines."""
-    if json:
+    if json or is_quiet():
         return lambda _: None
     if not sys.stderr.isatty():  # a closed pipe silences the lines, never stops a step
         return lambda line: say(line, err=True)
@@ -108,7 +156,7 @@ def _progress(json: bool) -> runner.Progress:
 
 
 def _show(view: RunView, json: bool) -> None:
-    say(dumps(run_to_dict(view)) if json else run_summary(view))
+    emit(json, run_to_dict(view), run_summary(view))
 
 
 def _stopped(view: RunView, root: Path) -> Interrupted:
@@ -132,14 +180,7 @@ def _finish(view: RunView, root: Path, json: bool) -> None:
 
 
 def _load_plan(path: Path) -> Plan:
-    try:
-        return Plan.from_dict(parse_json(path.read_text(encoding="utf-8")))  # type: ignore[arg-type]
-    except OSError as exc:
-        raise PlanFileError(f"cannot read plan {path}: {exc.strerror}") from exc
-    except PlanFileError as exc:  # the plan's own checks: say which file
-        raise PlanFileError(f"{path}: {exc}") from exc
-    except (ValueError, AttributeError, KeyError, TypeError) as exc:
-        raise PlanFileError(f"{path} is not a dockergc plan: {exc}") from exc
+    return load_plan_file(path)
 
 
 def _execute(
@@ -179,8 +220,8 @@ def apply(
             f"with {plan.min_age_seconds:g}s: plan it again with --min-age 1h or more"
         )
     target = target_from(root or (Path(plan.root) if plan else None), config_file)
-    if plan and not json and not yes:
-        say(TableRenderer().render(plan).rstrip("\n"))
+    if plan and not json and not yes:  # shown before the question, -q or not
+        say(TableRenderer(dry_run=False).render(plan).rstrip("\n"), always=True)
     api.refuse_if_daemon(target.root.path, live)
     confirm("Move these into quarantine?" if plan else f"Resume run {resume}?", yes)
     view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, resume)
@@ -188,6 +229,7 @@ def apply(
 
 
 @app.command()
+@_metrics_on_failure
 @_signals_stop
 def gc(
     root: RootOpt = None,
@@ -226,51 +268,45 @@ def gc(
     if not dry_run:  # refuse before the work of planning, and again under the lock
         api.refuse_if_daemon(target.root.path, live)
         api.refuse_if_unwritable(target.root.path)
-    if high is not None and not dry_run:
-        used = api.disk_used_percent(target.root.path)
-        if used < high:
-            msg = f"disk {used:.1f}% full, below the high watermark {high:g}%: nothing to do"
-            say(
-                dumps(
-                    {
-                        "run_id": None,
-                        "state": "below-watermark",
-                        "actions": [],
-                        "bytes": 0,
-                        "disk_used_percent": used,
-                    }
-                )
-                if json
-                else msg
-            )
-            return
+    used = api.disk_used_percent(target.root.path) if high is not None else None
+    if used is not None and high is not None and used < high:  # a dry run decides the same
+        msg = f"disk {used:.1f}% full, below the high watermark {high:g}%: nothing to do"
+        doc: dict[str, object] = {
+            "run_id": None,
+            "state": "below-watermark",
+            "actions": [],
+            "bytes": 0,
+            "disk_used_percent": used,
+        }
+        emit(json, {**doc, "dry_run": True} if dry_run else doc, msg)
+        _write_metrics(metrics_file, None, None, started, "below-watermark", str(target.root.path))
+        return
     for note in runner.interrupted_notes(target.root.path):
         say(note, err=True)
     _, _, plan = api.plan_root(target.root.path, policy)
     if dry_run:
-        say(dumps(plan.to_dict()) if json else TableRenderer().render(plan).rstrip("\n"))
+        marks_doc, marks_text = _watermark_decision(used, high, low)
+        emit(
+            json,
+            {**plan_document(plan), **marks_doc},
+            TableRenderer().render(plan).rstrip("\n") + marks_text,
+        )
         _write_metrics(metrics_file, plan, None, started, "planned")
         return
     if not plan.actions:
         _write_metrics(metrics_file, plan, None, started, "nothing-to-do")
-        if json:
-            say(
-                dumps(
-                    {
-                        "run_id": None,
-                        "state": "nothing-to-do",
-                        "actions": [],
-                        "bytes": 0,
-                        "frozen": list(plan.frozen),
-                        "notes": list(plan.notes),
-                    }
-                )
-            )
-        else:
-            say(TableRenderer().render(plan).rstrip("\n"))
+        doc = {
+            "run_id": None,
+            "state": "nothing-to-do",
+            "actions": [],
+            "bytes": 0,
+            "frozen": list(plan.frozen),
+            "notes": list(plan.notes),
+        }
+        emit(json, doc, TableRenderer(dry_run=False).render(plan).rstrip("\n"))
         return
-    if not json and not yes:
-        say(TableRenderer().render(plan).rstrip("\n"))
+    if not json and not yes:  # shown before the question, -q or not
+        say(TableRenderer(dry_run=False).render(plan).rstrip("\n"), always=True)
     confirm("Move these into quarantine?", yes)
     view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, None)
     if low is not None and view.state == "applied":
@@ -293,16 +329,51 @@ def gc(
     _finish(view, target.root.path, json)
 
 
+def _watermark_decision(
+    used: float | None, high: float | None, low: float | None
+) -> tuple[dict[str, object], str]:
+    """What a dry run says about the watermarks a real gc would act on (it got past the
+    high mark, or there is none)."""
+    if used is None or high is None:
+        return {}, ""
+    doc = {"disk_used_percent": used, "high_watermark": high, "low_watermark": low}
+    text = (
+        f"\ndisk {used:.1f}% full, at or above the high watermark {high:g}%: gc would apply "
+        f"this plan, then purge quarantine, oldest run first, until below {low:g}%"
+    )
+    return {"watermarks": doc}, text
+
+
 def _metrics_path(flag: Path | None) -> Path | None:
     chosen = settings(metrics_file=str(flag) if flag else None)["metrics_file"].value
     return Path(chosen) if chosen else None
 
 
 def _write_metrics(
-    path: Path | None, plan: Plan, view: RunView | None, started: float, result: str
+    path: Path | None,
+    plan: Plan | None,
+    view: RunView | None,
+    started: float,
+    result: str,
+    root: str | None = None,
 ) -> None:
-    if path is not None:
-        write_atomic(path, render_metrics(plan, view, started, time.time(), result))
+    """Write the textfile, creating its directory. The run's outcome stands whatever
+    happens here: a metrics file that cannot be written is a warning, not a failed run."""
+    if path is None:
+        return
+    _metrics_written.set(True)
+    label = root if root is not None else plan.root if plan else ""
+    try:
+        runs = [load(Path(label), r) for r in list_runs(Path(label))] if label else []
+    except (OSError, DockerGCError, ValueError):
+        runs = []  # the journals' own problems are reported by 'dockergc runs'
+    text = render_metrics(label, plan, view, runs, started, time.time(), result)
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        write_atomic(path, text)
+    except (OSError, DockerGCError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        say(f"warning: metrics not written to {path}: {reason}", err=True, always=True)
 
 
 @app.command()
@@ -313,10 +384,7 @@ def runs(root: RootOpt = None, config_file: ConfigOpt = None, json: JsonOpt = Fa
         (load(target.root.path, r) for r in list_runs(target.root.path)),
         key=lambda v: (v.created, v.run_id),
     )
-    if json:
-        say(dumps({"runs": [run_to_dict(v) for v in views]}))
-    else:
-        say(runs_table(views))
+    emit(json, {"runs": [run_to_dict(v) for v in views]}, runs_table(views))
 
 
 @app.command()
@@ -336,7 +404,7 @@ def rollback(
     with exclusive(target.root.path):
         api.refuse_if_daemon(target.root.path, live)
         view = runner.rollback_run(
-            target.root.path, run_id, runner.Options(progress=_progress(json))
+            target.root.path, run_id, runner.Options(live=live, progress=_progress(json))
         )
     _show(view, json)
     if view.signal:
@@ -349,6 +417,19 @@ def rollback(
         )
     if view.state != "rolled-back":
         raise typer.Exit(1)
+
+
+def _purge_preview(views: list[RunView], json: bool) -> None:
+    total = sum(quarantined_bytes(v) for v in views)
+    lines = [
+        f"would purge {len(views)} run(s), {human_bytes(total)} (dry run: nothing was changed)"
+    ]
+    lines += [
+        f"  {v.run_id}: {len(v.quarantined)} item(s), {human_bytes(quarantined_bytes(v))}"
+        for v in views
+    ]
+    doc = {"dry_run": True, "runs": [run_to_dict(v) for v in views], "bytes": total}
+    emit(json, doc, "\n".join(lines))
 
 
 @app.command()
@@ -373,11 +454,20 @@ def purge(
         typer.Option("--live", help="Allow it while a daemon uses the root (the nightly timer)."),
     ] = False,
     json: JsonOpt = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="List the runs it would free and their bytes; change nothing."
+        ),
+    ] = False,
 ) -> None:
     """Free quarantined items for good. This cannot be undone."""
     retention = settings(retention=older_than)["retention"]
-    seconds = parse_duration(str(retention.value), retention.source)
+    seconds = parse_duration(str(retention.value), retention.named)
     target = target_from(root, config_file)
+    if dry_run:
+        _purge_preview(purgeable(target.root.path, seconds, run), json)
+        return
     confirm("Delete quarantined items for good? This cannot be undone.", yes)
     api.refuse_if_unwritable(target.root.path)
     with exclusive(target.root.path):
@@ -386,10 +476,11 @@ def purge(
             target.root.path, seconds, run, runner.Options(progress=_progress(json))
         )
     freed = sum(v.purged_bytes for v in views)
-    if json:
-        say(dumps({"runs": [run_to_dict(v) for v in views], "bytes": freed}))
-    else:
-        say(f"purged {len(views)} run(s)" + "".join(f"\n  {v.run_id}: {v.state}" for v in views))
+    emit(
+        json,
+        {"runs": [run_to_dict(v) for v in views], "bytes": freed},
+        f"purged {len(views)} run(s)" + "".join(f"\n  {v.run_id}: {v.state}" for v in views),
+    )
     stopped = next((v.signal for v in views if v.signal), None)
     if stopped:
         raise Interrupted("purge interrupted; run it again to go on", signal.Signals[stopped].value)

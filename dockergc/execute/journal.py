@@ -110,7 +110,9 @@ class Step:
     path: str
     bytes: int
     op: Change  # a move, or a group of moves that stand or fall together
-    status: str  # intent | moved | skipped | restored | purged | restore-skipped
+    # intent | moved | partly-moved (a group a failure split: some parts in quarantine) |
+    # not-moved | lost | restored | purged | restore-skipped
+    status: str
     reason: str = ""
 
 
@@ -134,7 +136,7 @@ class RunView:
 
     @property
     def quarantined(self) -> list[Step]:
-        return [s for s in self.steps if s.status in ("moved", "restore-skipped")]
+        return [s for s in self.steps if s.status in ("moved", "partly-moved", "restore-skipped")]
 
     @property
     def bytes(self) -> int:

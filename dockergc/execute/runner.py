@@ -12,6 +12,7 @@ Ctrl-C or SIGTERM finishes the current step, writes an ``end`` record with state
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import time
@@ -211,18 +212,24 @@ def settle(root: Path, journal: Journal, view: RunView, opts: Options) -> None:
             outcome, reason = "moved", "settled after a crash: found in quarantine"
         elif all(p == "src" for p in places):
             outcome, reason = "not-moved", "settled after a crash: never moved"
+        elif opts.live and step.kind == "unreferenced-layer":
+            # Putting a layer record back under a running daemon breaks every pull of it
+            # (the daemon renames its write-set onto that path): leave it for an offline
+            # rollback, which puts the whole group back.
+            outcome = "partly-moved"
+            reason = "settled after a crash: partly in quarantine (roll back, daemon stopped)"
         elif None not in places and _put_back(root, journal, step, moves, places, opts):
             outcome = "not-moved"
             reason = "settled after a crash: the half-moved group was put back"
         elif None in places:
             gone = moves[places.index(None)]
             outcome, reason = (
-                "lost" if "dst" not in places else "moved",
+                "lost" if "dst" not in places else "partly-moved",
                 "settled after a crash: found in neither place (looked "
                 f"for {gone.src} and {gone.dst} under {root})",
             )
         else:
-            outcome, reason = "moved", "settled after a crash: partly in quarantine"
+            outcome, reason = "partly-moved", "settled after a crash: partly in quarantine"
         record = {"type": "done", "seq": step.seq, "outcome": outcome, "reason": reason}
         _write(journal, opts, record)
 
@@ -306,7 +313,7 @@ def _apply(
             _write(
                 journal,
                 opts,
-                {"type": "done", "seq": seq, "outcome": "moved", "reason": f"partly moved: {exc}"},
+                {"type": "done", "seq": seq, "outcome": "partly-moved", "reason": str(exc)},
             )
             opts.progress(f"[{n}/{len(todo)}] partly quarantined {action.path}: {exc}")
         except (safefs.UnsafePath, OSError) as exc:
@@ -371,6 +378,11 @@ def _undo(root: Path, journal: Journal, step: Step, opts: Options) -> bool:
     A group comes back whole or not at all: every part is checked before any moves."""
     back = step.op.reverse()
     todo = []
+    held = _layer_not_restorable(root, step, opts)
+    if held:
+        _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": held})
+        opts.progress(f"left {step.path} in quarantine: {held}")
+        return False
     for move in moves_of(back):
         place = _place(root, move.reverse())
         if place == "src":  # never moved, or already put back
@@ -396,6 +408,41 @@ def _undo(root: Path, journal: Journal, step: Step, opts: Options) -> bool:
     _write(journal, opts, {"type": "undo-done", "seq": step.seq})
     opts.progress(f"restored {step.path}")
     return True
+
+
+def _layer_not_restorable(root: Path, step: Step, opts: Options) -> str | None:
+    """Why a quarantined layer must stay in quarantine for now: a running daemon (a record
+    put back under it breaks every pull of that layer), or a parent that is not back (its
+    record, or an ``l/`` link the dir's lower file names): the layer would load on a
+    missing or different parent. Rollback restores parents first, so a parent moved in the
+    same run is back by then."""
+    if step.kind != "unreferenced-layer":
+        return None
+    if opts.live:
+        return "a layer is put back only with the daemon stopped (run rollback without --live)"
+    moves = moves_of(step.op)
+    record = moves[0].dst
+    parent = _read_small(root, f"{record}/parent")
+    parent_rel = f"image/overlay2/layerdb/sha256/{(parent or '')[7:]}"
+    if parent and parent.startswith("sha256:") and safefs.lstat_at(str(root), parent_rel) is None:
+        return f"its parent layer {parent[7:19]} is not in layerdb"
+    lower = _read_small(root, f"{moves[1].dst}/lower") if len(moves) > 1 else None
+    for entry in (lower or "").split(":"):
+        if entry and safefs.lstat_at(str(root), f"overlay2/{entry}") is None:
+            return f"its lower file names overlay2/{entry}, which is not there"
+    return None
+
+
+def _read_small(root: Path, rel: str) -> str | None:
+    try:
+        with safefs.open_parent(str(root), rel) as (fd, name):
+            ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                return os.read(ffd, 4096).decode(errors="replace").strip()
+            finally:
+                os.close(ffd)
+    except (safefs.UnsafePath, OSError):
+        return None
 
 
 def purge_runs(root: Path, older_than: float, run_id: str | None, opts: Options) -> list[RunView]:

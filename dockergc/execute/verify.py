@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dockergc.execute import safefs
 from dockergc.graph import Graph, mark
-from dockergc.host.detect import holders_under
+from dockergc.host.detect import daemons_using, holders_under
 from dockergc.plan import Action, Candidate, candidates
 from dockergc.store.mountinfo import MountTable, read_all_namespaces
 from dockergc.store.snapshot import Snapshot, gather, read_pins
@@ -94,14 +94,20 @@ def why_not(
         return "frozen: " + facts.graph.freeze[0]
     if action.depends_on and action.depends_on not in moved:
         return f"goes with {action.depends_on}, which was not removed in this run"
-    for child in action.after:
-        if child not in moved:
-            return f"its child layer {child} was not removed in this run"
-    if action.kind == "unreferenced-layer" and watch is not None:
-        # The daemon loaded this layer at start and keeps it in memory: a pull of the
-        # same layer would reuse it after its files had gone.
-        return "the running daemon holds this layer in memory: only an offline gc removes it"
     cand = facts.candidates.get(action.path)
+    if action.parts or action.after or (cand is not None and cand.parts):
+        reason = _group_differs(action, cand, moved)
+        if reason:
+            return reason
+    if action.kind == "unreferenced-layer":
+        # The daemon loaded this layer at start and keeps it in memory: a pull of the
+        # same layer would reuse it after its files had gone. Offline, one may have
+        # started since the run began (socket activation, a restart policy): look again.
+        if watch is not None:
+            return "the running daemon holds this layer in memory: only an offline gc removes it"
+        users = daemons_using(root)
+        if users:
+            return f"a daemon runs on the root now: {users[0].describe()}"
     # Once its dir is in quarantine, an orphan link is seen as dangling: the same verdict.
     same = cand is not None and (
         cand.kind == action.kind or (action.kind, cand.kind) == ("orphan-link", "dangling-link")
@@ -130,6 +136,20 @@ def why_not(
         )
         if reason:
             return reason
+    return None
+
+
+def _group_differs(action: Action, cand: Candidate | None, moved: set[str]) -> str | None:
+    """What the plan carries with an item (its parts, the children that must go first) is
+    taken from a fresh graph, never from the plan file: a plan edited to add a path to an
+    item's parts, or to drop a child, is refused."""
+    if cand is None or cand.kind != action.kind:
+        return None  # the same-candidate check below says why
+    if tuple(p.path for p in action.parts) != cand.parts:
+        return "its parts are not what a fresh graph groups with it"
+    for child in cand.after:
+        if child not in moved:
+            return f"its child layer {child} was not removed in this run"
     return None
 
 

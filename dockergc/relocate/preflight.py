@@ -22,6 +22,7 @@ from dockergc.host.detect import scan
 from dockergc.measure import measure
 from dockergc.relocate import daemonjson
 from dockergc.relocate.targetfs import filesystem_of
+from dockergc.render.interface import human_bytes
 from dockergc.store.fsread import UnreadableFile, read_text
 
 MARGIN_BYTES = 512 * 2**20
@@ -143,7 +144,8 @@ def check_space(pf: Preflight, old: Path, new: Path) -> None:
     pf.add(
         "free space",
         free >= need,
-        f"{free} bytes free on target, need {need} ({pf.bytes_to_copy} to copy + margin)",
+        f"{human_bytes(free)} free on target, need {human_bytes(need)} "
+        f"({human_bytes(pf.bytes_to_copy)} to copy + margin)",
     )
 
 

@@ -1,14 +1,20 @@
 """The dry-run report as one self-contained HTML file: no network, no external assets.
 
-Totals, a bar chart of reclaimable bytes by kind (inline SVG), the action table with
-evidence, the kept findings. A few lines of inline script add the table up again, so a
-reader (or a test in a real browser) can see the page agrees with itself.
+The host and dockergc version that made it, totals, a bar chart of reclaimable bytes by
+kind (inline SVG), the action table with evidence, the kept findings. A few lines of
+inline script add the table up again and record the sums on the table
+(``data-computed-total``, ``data-computed-count``); only when they disagree with the
+totals does the page show a warning, so a test in a real browser can check the page
+agrees with itself without the reader seeing the arithmetic.
 """
 
 from __future__ import annotations
 
+import socket
 from html import escape
 
+from dockergc import __version__
+from dockergc.durations import format_duration
 from dockergc.plan import KINDS, Plan
 from dockergc.render.interface import display, human_age, human_bytes
 
@@ -21,10 +27,16 @@ details summary{cursor:pointer;color:#555}.path{font-family:monospace;word-break
 """
 
 SCRIPT = """
-var rows=document.querySelectorAll('tr.action'),sum=0;
+var rows=document.querySelectorAll('tr.action'),sum=0,table=document.getElementById('actions');
 rows.forEach(function(r){sum+=parseInt(r.dataset.bytes,10)});
-document.getElementById('computed-total').textContent=String(sum);
-document.getElementById('computed-count').textContent=String(rows.length);
+table.dataset.computedTotal=String(sum);table.dataset.computedCount=String(rows.length);
+var bytes=document.getElementById('total-bytes').dataset.bytes,
+    count=document.getElementById('total-count').textContent;
+if(String(sum)!==bytes||String(rows.length)!==count){
+  var w=document.getElementById('self-check');w.hidden=false;
+  w.textContent='This page does not add up: its table holds '+rows.length+' row(s) of '+sum+
+    ' bytes, its totals say '+count+' item(s) of '+bytes+' bytes. Do not act on it.';
+}
 """
 
 
@@ -51,7 +63,11 @@ def _chart(plan: Plan) -> str:
 class HtmlRenderer:
     name = "html"
 
+    def __init__(self, host: str | None = None) -> None:
+        self.host = host
+
     def render(self, plan: Plan) -> str:
+        host = self.host or socket.gethostname()
         totals = plan.totals()
         rows = "".join(
             f'<tr class="action" data-bytes="{a.bytes}"><td>{a.kind}</td>'
@@ -76,20 +92,22 @@ class HtmlRenderer:
         )
         return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>dockergc plan for {escape(plan.root)}</title><style>{STYLE}</style></head><body>
-<h1>dockergc plan for <span class="path">{escape(display(plan.root))}</span></h1>
-<p>Dry run made {escape(plan.created)}: nothing was changed. Grace period
-{human_age(plan.min_age_seconds)}.</p>
+<title>dockergc plan for {escape(plan.root)} on {escape(host)}</title>
+<style>{STYLE}</style></head><body>
+<h1>dockergc plan for <span class="path">{escape(display(plan.root))}</span>
+on <span id="host">{escape(host)}</span></h1>
+<p>Dry run made {escape(plan.created)} by dockergc <span id="dockergc-version">{__version__}</span>:
+nothing was changed. Grace period {format_duration(plan.min_age_seconds)}.</p>
 {"".join(f'<p class="note"><b>Note</b>: {escape(n)}</p>' for n in plan.notes)}
 {frozen_block}
 <p>Would remove <b id="total-count">{totals["actions"]}</b> item(s),
 <b id="total-bytes" data-bytes="{totals["bytes"]}">{human_bytes(totals["bytes"])}</b>;
-kept <b id="kept-count">{totals["kept"]}</b> item(s) worth reporting.
-(Table adds up to <span id="computed-total">?</span> bytes in
-<span id="computed-count">?</span> rows.)</p>
+kept <b id="kept-count">{totals["kept"]}</b> item(s) worth reporting.</p>
+<p id="self-check" class="frozen" hidden></p>
 {_chart(plan)}
 <h2>Actions</h2>
-<table><thead><tr><th>kind</th><th>path</th><th>size</th><th>age</th><th>reason</th></tr>
+<table id="actions"><thead><tr><th>kind</th><th>path</th><th>size</th><th>age</th>
+<th>reason</th></tr>
 </thead><tbody>{rows}</tbody></table>
 <h2>Kept</h2>
 <table><thead><tr><th>kind</th><th>path</th><th>reason</th></tr></thead>

@@ -9,6 +9,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from dockergc.durations import format_duration
 from dockergc.plan import Plan
 from dockergc.render.interface import display, human_age, human_bytes
 
@@ -37,7 +38,9 @@ class RichRenderer:
     def print(self, plan: Plan) -> None:
         c = self.console
         c.print(
-            f"[bold]dockergc plan for {display(plan.root)}[/] (dry run: nothing was changed)",
+            f"[bold]dockergc plan for {display(plan.root)}[/] (dry run: nothing was changed); "
+            f"grace period {format_duration(plan.min_age_seconds)}"
+            + (f", excludes: {', '.join(plan.excludes)}" if plan.excludes else ""),
             highlight=False,
         )
         for note in plan.notes:

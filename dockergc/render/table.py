@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dockergc.durations import format_duration
 from dockergc.plan import Plan
 from dockergc.render.interface import display, human_age, human_bytes
 
@@ -9,13 +10,15 @@ from dockergc.render.interface import display, human_age, human_bytes
 class TableRenderer:
     name = "table"
 
-    def __init__(self, verbose: bool = False) -> None:
+    def __init__(self, verbose: bool = False, dry_run: bool = True) -> None:
         self.verbose = verbose
+        self.dry_run = dry_run  # False: the plan a real gc/apply is about to carry out
 
     def render(self, plan: Plan) -> str:
-        lines = [f"dockergc plan for {display(plan.root)} (dry run: nothing was changed)"]
+        what = "dry run: nothing was changed" if self.dry_run else "to be moved into quarantine"
+        lines = [f"dockergc plan for {display(plan.root)} ({what})"]
         lines.append(
-            f"grace period {human_age(plan.min_age_seconds)}"
+            f"grace period {format_duration(plan.min_age_seconds)}"
             + (f", excludes: {', '.join(plan.excludes)}" if plan.excludes else "")
         )
         lines += [f"NOTE: {n}" for n in plan.notes]

@@ -1,0 +1,312 @@
+"""The packaged units on a real systemd: a Debian 12 system booted in systemd-nspawn.
+
+dockergc is installed there as runbooks/nightly-cleanup.md says (a venv in /opt/dockergc,
+pip install of the checkout, the command linked into /usr/local/bin), with the units and
+/etc/dockergc/config.toml from packaging/ unchanged and a sample root from `dockergc demo`.
+The booted tree is a copy of the one .ci/get-systemd-tree builds once
+(DOCKERGC_SYSTEMD_TREE, default /var/cache/dockergc-ci/bookworm-systemd). A oneshot unit
+that ended cleanly is unloaded at once: results come from `systemctl start`'s exit code,
+the journal and the files the run left.
+
+Skipped outside CI when the tools or the tree are missing; in CI (CI set) that fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.systemd
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "packaging"
+TREE = Path(os.environ.get("DOCKERGC_SYSTEMD_TREE", "/var/cache/dockergc-ci/bookworm-systemd"))
+PROM = "/var/lib/node_exporter/textfile_collector/dockergc.prom"  # packaging/config.toml's
+ENV = [
+    "env",
+    "-i",
+    "HOME=/root",
+    "LANG=C.UTF-8",
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+]
+DROPIN = "/etc/systemd/system/dockergc.service.d/test.conf"
+COPY_IGNORE = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("systemd-nspawn", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"no {tool} (apt-get install systemd-container)"
+    if not (TREE / ".complete").exists():
+        return f"no booted tree at {TREE}: run .ci/get-systemd-tree"
+    return None
+
+
+@dataclass
+class Box:
+    """A booted container: run commands in it, read its files."""
+
+    dir: Path
+    pid: int  # its systemd, as seen from here
+
+    def run(self, *argv: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-a", *ENV, *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check is not None and proc.returncode != check:
+            raise AssertionError(
+                f"{' '.join(argv)} exited {proc.returncode}, wanted {check}\n"
+                f"stdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}"
+            )
+        return proc
+
+    def sh(self, script: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+        return self.run("sh", "-ec", script, check=check)
+
+    def booted(self, deadline: float) -> None:
+        """Wait for multi-user.target ("degraded" will do: a unit the container lacks)."""
+        state = ""
+        while time.monotonic() < deadline:
+            # Fails at once (no state) until the container's bus is up.
+            state = self.run("systemctl", "is-system-running", "--wait", check=None).stdout
+            if state.strip() in ("running", "degraded"):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"the container did not finish booting: {state!r}")
+
+    def start(self) -> tuple[int, str]:
+        """`systemctl start dockergc.service`: its exit code and this run's journal."""
+        cursor = self.run("journalctl", "-n", "0", "--show-cursor", "-q").stdout
+        mark = cursor.strip().rpartition("cursor: ")[2]
+        proc = self.run("systemctl", "start", "dockergc.service", check=None)
+        log = self.run(
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "--after-cursor",
+            mark,
+            "-u",
+            "dockergc.service",
+        ).stdout
+        return proc.returncode, log
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = self.run("cat", PROM).stdout
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def fresh_root(self, root: str) -> None:
+        """A new sample root at ``root``, the one daemon.json names (as relocate leaves it)."""
+        self.sh(
+            f"rm -rf /var/lib/docker /srv/docker; dockergc demo --dir {root} >/dev/null; "
+            "mkdir -p /etc/docker; "
+            f"""printf '{{"data-root": "{root}"}}\\n' >/etc/docker/daemon.json"""
+        )
+
+    def dropin(self, *exec_start: str) -> None:
+        """Replace the service's commands (hardening and the rest stay as packaged)."""
+        lines = ["[Service]", "ExecStart="] + [f"ExecStart={c}" for c in exec_start]
+        self.sh(f"mkdir -p {Path(DROPIN).parent}; cat >{DROPIN} <<'EOF'\n" + "\n".join(lines))
+        self.run("systemctl", "daemon-reload")
+
+    def no_dropin(self) -> None:
+        self.run("rm", "-f", DROPIN)
+        self.run("systemctl", "daemon-reload")
+
+
+def _wheels(dest: Path, src: Path) -> None:
+    """dockergc's dependencies (and a setuptools to build it) as wheels: the container
+    installs offline from them."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(dest)]
+        + [str(src), "setuptools>=68"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+
+
+def _systemd_pid(nspawn: subprocess.Popen[bytes], deadline: float) -> int:
+    while time.monotonic() < deadline:
+        if nspawn.poll() is not None:
+            raise AssertionError(f"systemd-nspawn exited {nspawn.returncode}")
+        children = subprocess.run(
+            ["ps", "--ppid", str(nspawn.pid), "-o", "pid=,comm="], capture_output=True, text=True
+        ).stdout.split()
+        if len(children) >= 2 and children[1] == "systemd":
+            return int(children[0])
+        time.sleep(0.2)
+    raise AssertionError("the container's systemd did not start")
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+    if why := _missing():
+        if os.environ.get("CI"):
+            pytest.fail(f"the systemd tests must run in CI: {why}")
+        pytest.skip(why)
+    work = tmp_path_factory.mktemp("systemd")
+    tree = work / "tree"
+    subprocess.run(["cp", "-a", "--reflink=auto", str(TREE), str(tree)], check=True)
+    src = tree / "root/dockergc-src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*COPY_IGNORE))
+    _wheels(tree / "root/wheels", src)
+    log = (work / "nspawn.log").open("wb")
+    nspawn = subprocess.Popen(
+        ["systemd-nspawn", "-D", str(tree), "--boot", "--register=no", "--keep-unit"]
+        + ["-M", f"dockergc-ci-{os.getpid()}"],
+        env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "0"},
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        b = Box(tree, _systemd_pid(nspawn, time.monotonic() + 60))
+        b.booted(time.monotonic() + 120)
+        # The runbook's install, offline from the wheels fetched above.
+        b.sh(
+            "python3 -m venv /opt/dockergc\n"
+            "/opt/dockergc/bin/pip install -q --no-index --find-links /root/wheels "
+            "/root/dockergc-src\n"
+            "ln -s /opt/dockergc/bin/dockergc /usr/local/bin/dockergc"
+        )
+        b.run("mkdir", "-p", "/etc/dockergc")
+        for unit in ("dockergc.service", "dockergc.timer"):
+            shutil.copy(PKG / "systemd" / unit, tree / "etc/systemd/system" / unit)
+        shutil.copy(PKG / "config.toml", tree / "etc/dockergc/config.toml")
+        b.run("systemctl", "daemon-reload")
+        yield b
+    finally:
+        nspawn.send_signal(signal.SIGTERM)  # nspawn asks the container's systemd to halt
+        try:
+            nspawn.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(nspawn.pid, signal.SIGKILL)
+            nspawn.wait(10)
+        log.close()
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def value(m: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+    found = [v for (n, lab), v in m.items() if n == name and labels.items() <= dict(lab).items()]
+    assert found, f"no {name}{labels} in the metrics"
+    return sum(found)
+
+
+def test_service_succeeds_on_a_fresh_host(box: Box) -> None:
+    """Fresh host: no /var/lib/dockergc, no node_exporter dir, the example config as is."""
+    box.run("dockergc", "demo", "--dir", "/var/lib/docker")
+    code, log = box.start()
+    assert code == 0, log
+    assert "purged 0 run(s)" in log  # purge ran (retention from the config) ...
+    assert "dockergc plan for /var/lib/docker" in log  # ... then gc, its summary in the journal
+    assert "kept 14 item(s) worth reporting" in log  # every demo leftover is under 24h old
+    assert "Finished dockergc.service" in log
+    assert box.run("test", "-d", "/var/lib/dockergc").returncode == 0  # StateDirectory=
+    m = box.metrics()
+    assert value(m, "dockergc_last_run_success", result="nothing-to-do") == 1
+    assert value(m, "dockergc_last_run_timestamp_seconds") > time.time() - 300
+    assert value(m, "dockergc_reclaimable_bytes", root="/var/lib/docker") == 0
+    assert value(m, "dockergc_quarantine_bytes") == 0
+
+
+def test_timer_is_active_with_a_next_elapse(box: Box) -> None:
+    box.run("systemctl", "enable", "--now", "dockergc.timer")
+    shown = box.run(
+        "systemctl", "show", "dockergc.timer", "-p", "ActiveState", "-p", "NextElapseUSecRealtime"
+    ).stdout
+    props = dict(line.split("=", 1) for line in shown.splitlines())
+    assert props["ActiveState"] == "active", shown
+    assert re.match(r"\w{3} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", props["NextElapseUSecRealtime"]), shown
+
+
+def test_service_follows_a_relocated_root(box: Box) -> None:
+    """After `relocate` + `finalize`: daemon.json names the new root, the old one is gone."""
+    box.fresh_root("/srv/docker")
+    code, log = box.start()
+    assert code == 0, log
+    assert "dockergc plan for /srv/docker" in log
+    assert value(box.metrics(), "dockergc_last_run_success", root="/srv/docker") == 1
+
+
+def test_hardening_lets_gc_move_and_purge_delete(box: Box) -> None:
+    """The unit's sandbox (capabilities, syscall filter, ProtectSystem) lets gc rename into
+    quarantine and purge delete what another uid owns, read-only, under /srv. The commands
+    are the offline ones (no grace period), the rest of the unit as packaged."""
+    box.fresh_root("/srv/docker")
+    plan = json.loads(box.run("dockergc", "plan", "--min-age", "0", "--json").stdout)
+    layer = next(a["path"] for a in plan["actions"] if a["kind"] == "orphan-layer")
+    # Deleting this file needs CAP_DAC_OVERRIDE: its dir is another uid's and read-only.
+    box.sh(
+        f"d=/srv/docker/{layer}/diff/locked; mkdir -p $d; echo x >$d/file; "
+        f"chown -R 65534:65534 $d; chmod 0555 $d"
+    )
+    box.dropin(
+        "/usr/local/bin/dockergc gc --yes --min-age 0",
+        "/usr/local/bin/dockergc purge --older-than 0s --yes",
+    )
+    try:
+        code, log = box.start()
+    finally:
+        box.no_dropin()
+    assert code == 0, log
+    assert re.search(r"run \S+: applied; \d+ item\(s\) in quarantine", log), log
+    assert "purged 1 run(s)" in log, log
+    runs = json.loads(box.run("dockergc", "runs", "--json").stdout)["runs"]
+    assert [r["state"] for r in runs] == ["purged"], runs
+    assert not box.sh("find /srv/docker/.dockergc/runs -path '*/q/*' | head -1").stdout
+    m = box.metrics()  # written by gc, before the purge: what it moved
+    assert value(m, "dockergc_last_run_success", result="applied") == 1
+    assert value(m, "dockergc_quarantine_bytes") == value(m, "dockergc_reclaimed_bytes") > 0
+
+
+def test_hardening_still_sees_other_processes(box: Box) -> None:
+    """Another service's process with its cwd in the root: gc in the sandbox, with fewer
+    capabilities than that process, still finds it (CAP_SYS_PTRACE), refuses (exit 3, a
+    success for the unit) and says so in the metrics."""
+    box.fresh_root("/srv/docker")
+    holder = ["--unit", "holder", "-p", "WorkingDirectory=/srv/docker/overlay2"]
+    box.run("systemd-run", *holder, "sleep", "600")
+    box.run("systemctl", "is-active", "holder")
+    box.dropin("/usr/local/bin/dockergc gc --yes --min-age 0")
+    try:
+        code, log = box.start()
+    finally:
+        box.no_dropin()
+        box.run("systemctl", "stop", "holder")
+    assert code == 0, log
+    assert re.search(
+        r"sleep \(pid \d+, /usr/bin/sleep\) has its cwd in /srv/docker/overlay2", log
+    ), log
+    m = box.metrics()
+    assert value(m, "dockergc_last_run_success", result="refused") == 0
+    assert value(m, "dockergc_last_run_timestamp_seconds") > time.time() - 300
+
+
+def test_security_exposure_is_low(box: Box) -> None:
+    out = box.run("systemd-analyze", "security", "--no-pager", "dockergc.service").stdout
+    score = float(re.findall(r"Overall exposure level for dockergc.service: ([\d.]+)", out)[0])
+    print(f"systemd-analyze security dockergc.service: {score}")
+    assert score <= 2.0, out
