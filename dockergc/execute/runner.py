@@ -445,26 +445,38 @@ def _read_small(root: Path, rel: str) -> str | None:
         return None
 
 
+def purgeable(
+    root: Path, older_than: float, run_id: str | None, now: float | None = None
+) -> list[RunView]:
+    """The runs a purge with these arguments frees, oldest first (``purge --dry-run``
+    shows them): finished runs that ended at least ``older_than`` seconds ago and still
+    hold quarantine; ``run_id`` names one run whatever its age, and an unfinished run
+    named that way is refused."""
+    now = time.time() if now is None else now
+    chosen: list[RunView] = []
+    for rid in [run_id] if run_id else list_runs(root):
+        view = load(root, rid)
+        if view.state in ("running", "interrupted") or view.in_doubt:
+            if run_id:
+                raise RefusedError(
+                    f"run {rid} is unfinished; resume it with '{resume_hint(root, view)}' "
+                    f"or undo it with '{command(root, 'rollback', rid)}' first"
+                )
+            continue
+        if not run_id and (view.ended is None or now - view.ended < older_than):
+            continue
+        if view.quarantined:
+            chosen.append(view)
+    return chosen
+
+
 def purge_runs(root: Path, older_than: float, run_id: str | None, opts: Options) -> list[RunView]:
-    """Remove quarantined entries of finished runs older than ``older_than`` seconds.
-    Ctrl-C or SIGTERM stops after the current entry (the run's purge-end says so)."""
-    now = time.time()
+    """Remove quarantined entries of the runs ``purgeable`` picks. Ctrl-C or SIGTERM
+    stops after the current entry (the run's purge-end says so)."""
     purged: list[RunView] = []
-    ids = [run_id] if run_id else list_runs(root)
     with _stop_between_steps() as stop:
-        for rid in ids:
-            view = load(root, rid)
-            if view.state in ("running", "interrupted") or view.in_doubt:
-                if run_id:
-                    raise RefusedError(
-                        f"run {rid} is unfinished; resume it with '{resume_hint(root, view)}' "
-                        f"or undo it with '{command(root, 'rollback', rid)}' first"
-                    )
-                continue
-            if not run_id and (view.ended is None or now - view.ended < older_than):
-                continue
-            if view.quarantined:
-                purged.append(_purge_one(root, view, opts, stop))
+        for view in purgeable(root, older_than, run_id):
+            purged.append(_purge_one(root, view, opts, stop))
             if stop.requested:
                 break
     return purged
