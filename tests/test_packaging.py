@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -124,10 +125,16 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         # verify needs the executable to exist; point it at this interpreter's dockergc.
         exe = shutil.which("dockergc") or sys.executable
         (tmp_path / unit).write_text(text.replace("/usr/local/bin/dockergc", exe))
+    # Documentation=man:dockergc(1): verify runs man; give it the page as installed.
+    units = sorted(tmp_path.iterdir())
+    page = tmp_path / "man/man1/dockergc.1"
+    page.parent.mkdir(parents=True)
+    page.write_text(run_cli("man").stdout)
     proc = subprocess.run(
-        ["systemd-analyze", "verify", *map(str, sorted(tmp_path.iterdir()))],
+        ["systemd-analyze", "verify", *map(str, units)],
         capture_output=True,
         text=True,
+        env={**os.environ, "MANPATH": str(tmp_path / "man")},
     )
     assert proc.returncode == 0, proc.stderr
     assert "dockergc.service" not in proc.stderr, proc.stderr
