@@ -8,22 +8,10 @@ from dockergc.durations import parse_duration
 from dockergc.prune.marks import parse_mark
 from dockergc.prune.policy import PrunePolicy
 
-# Setting key -> the flag that overrides it, for messages that name what the user typed.
-FLAGS = {
-    "prune_high_watermark": "--high-watermark",
-    "prune_low_watermark": "--low-watermark",
-}
-
 
 def _age(s: dict[str, Setting], key: str) -> float | None:
     value = s[key].value
-    return None if value is None else parse_duration(str(value), s[key].source)
-
-
-def _named(setting: Setting) -> str:
-    """The flag, when the value came from one; else the key and the file it is in."""
-    flag = FLAGS.get(setting.key, "--" + setting.key.replace("_", "-"))
-    return flag if setting.source.startswith("--") else f"{setting.key} in {setting.source}"
+    return None if value is None else parse_duration(str(value), s[key].named)
 
 
 def policy_from_settings(s: dict[str, Setting], now: float) -> PrunePolicy:
@@ -41,6 +29,6 @@ def policy_from_settings(s: dict[str, Setting], now: float) -> PrunePolicy:
         keep_newest=int(s["prune_keep_newest"].value),
         keep_volumes=tuple(s["prune_keep_volumes"].value),
         keep_containers=tuple(s["prune_keep_containers"].value),
-        high_watermark=parse_mark(high.value, _named(high)),
-        low_watermark=parse_mark(low.value, _named(low)),
+        high_watermark=parse_mark(high.value, high.named),
+        low_watermark=parse_mark(low.value, low.named),
     )
