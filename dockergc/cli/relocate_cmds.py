@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
@@ -18,6 +19,7 @@ from dockergc.cli.app import (
     app,
     confirm,
     emit,
+    is_quiet,
     say,
     say_json,
     settings,
@@ -36,13 +38,22 @@ from dockergc.execute.runner import (
 from dockergc.lock import exclusive
 from dockergc.relocate import executor, impl
 from dockergc.relocate.plan import Control, plan_relocation
+from dockergc.relocate.progress import Display
 from dockergc.render.relocation import preflight_text, view_dict, view_text
 
 relocate_app = typer.Typer(
     rich_markup_mode=None,
     help="Move the whole data root to a new disk: preflight, stop, copy (rsync -aHAX), "
     "verify, switch daemon.json, start, verify; any fault rolls back to the old root. "
-    "The old root stays untouched until 'relocate finalize'.",
+    "The old root stays untouched until 'relocate finalize'. "
+    "The copy shows its progress on stderr (bytes, rate, ETA: at a terminal one line "
+    "updated in place, else a line every 10 s; none with -q) and journals it every 10 s. "
+    "The copy has no time limit: it runs until done, however long that takes; stop it "
+    "with Ctrl-C, which rolls back (the copy removed, the daemon started on the old "
+    "root). SIGTERM or SIGHUP sent to dockergc alone lets the copy finish, then rolls "
+    "back. The steps that wait on others do time out, and roll back: the stop and start "
+    "commands, the daemon's exit, its answer on the new root and the root going idle "
+    "after 180 s each.",
 )
 app.add_typer(relocate_app, name="relocate")
 
@@ -59,11 +70,23 @@ def _state_dir(flag: Path | None) -> Path:
 
 
 def _ctx(run_id: str, json: bool, stop: _Stop | None = None) -> impl.Context:
+    """Step lines on stderr (none under --json); the copy's progress on stderr, --json or
+    not (stdout keeps the one JSON document): at a terminal one line updated in place,
+    else a line every 10 s. -q shows neither."""
+    display = None if is_quiet() else Display(sys.stderr, _isatty(sys.stderr))
     return impl.Context(
         run_id,
         progress=(lambda _: None) if json else (lambda line: say(line, err=True)),
         stop=stop,
+        copy_display=display,
     )
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
 
 
 # Ctrl-C/SIGTERM: outside a run's steps (preflight, the question, the locks) it stops the

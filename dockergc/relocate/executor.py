@@ -12,7 +12,7 @@ import os
 import shlex
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -105,7 +105,7 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
                 raise RefusedError(f"{users} uses the old root {old} again")
             if ctx.before_step:
                 ctx.before_step(step)
-            perform(step, ctx)
+            perform(step, replace(ctx, record=_progress_to(journal, i)))
         except (DockerGCError, daemon.EngineUnavailable, OSError, ValueError) as exc:
             journal.append({"type": "fault", "seq": i, "error": str(exc)})
             if ctx.stop.requested:  # the terminal's SIGINT reaches rsync and the commands too
@@ -117,6 +117,16 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
         journal.append({"type": "done", "seq": i, "seconds": ctx.timings[step.name]})
     journal.append({"type": "end", "state": "relocated", "timings": ctx.timings})
     return view_of(journal)
+
+
+def _progress_to(journal: Journal, seq: int) -> Callable[[dict[str, Any]], None]:
+    """A step's ``progress`` records (the copy's, every ~10 s): for people reading the
+    journal; replay, resume and rollback read only the records they know and skip these."""
+
+    def record(fields: dict[str, Any]) -> None:
+        journal.append({"type": "progress", "seq": seq, **fields})
+
+    return record
 
 
 def _interrupted(

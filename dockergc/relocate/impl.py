@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from dockergc.execute import safefs
 from dockergc.execute.runner import _Stop
 from dockergc.registry import Registry
 from dockergc.relocate import daemonjson
+from dockergc.relocate import progress as P
 from dockergc.relocate import steps as S
 from dockergc.relocate.targetfs import filesystem_of
 from dockergc.relocate.verify import compare
@@ -42,6 +44,7 @@ RSYNC = [
     "--delete",
     "--exclude=/.dockergc",
     f"--exclude=/{S.MARKER_PREFIX}*",
+    *P.RSYNC_PROGRESS,
 ]
 PR_SET_PDEATHSIG = 1
 
@@ -69,6 +72,11 @@ class Context:
     timings: dict[str, float] = field(default_factory=dict)
     # SIGINT/SIGTERM seen (runner's handler); ``run`` installs one if the caller did not.
     stop: _Stop | None = None
+    # Where the copy's progress is shown (None: nowhere), and its journal record: the
+    # executor points ``record`` at the journal for each step (a ``progress`` record).
+    copy_display: P.Display | None = None
+    record: Callable[[dict[str, Any]], None] = lambda _: None
+    journal_every: float = P.JOURNAL_EVERY
 
 
 STEPS = Registry("relocation step")
@@ -158,15 +166,52 @@ def _copy(step: S.Copy, ctx: Context) -> None:
                 f"the target {new} is no longer empty and holds no {step.marker}; left as it is"
             )
         _write_marker(new, step.marker, ctx.run_id)
-    proc = subprocess.run(
-        [*RSYNC, f"{step.old}/", f"{step.new}/"],
-        capture_output=True,
-        text=True,
-        preexec_fn=_die_with_parent(os.getpid()),
-    )
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        raise RelocationFailed(f"copy failed (rsync exit {proc.returncode}): {last}")
+    returncode, errors = _rsync([*RSYNC, f"{step.old}/", f"{step.new}/"], ctx)
+    if returncode != 0:
+        last = (errors.strip().splitlines() or ["?"])[-1]
+        raise RelocationFailed(f"copy failed (rsync exit {returncode}): {last}")
+
+
+def _rsync(argv: list[str], ctx: Context) -> tuple[int, str]:
+    """Run rsync to its end, with no time limit (Ctrl-C at a terminal reaches it too: it
+    stops, the copy fails and the relocation rolls back); its progress lines go to
+    ``ctx.copy_display`` and, throttled, to the journal. Its stderr is spooled to a file,
+    so neither pipe can fill and stall it. (exit code, stderr)."""
+    watcher = P.Watcher(ctx.copy_display, ctx.record, ctx.journal_every)
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+        assert proc.stdout is not None
+        try:
+            fd = proc.stdout.fileno()
+            watching = True
+            while chunk := os.read(fd, 65536):
+                watching = watching and _watched(watcher.feed, chunk)
+            returncode = proc.wait()
+        except BaseException:
+            proc.kill()  # never leave a copy running into the target
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        if watching:
+            _watched(watcher.finish, returncode == 0)
+        errors.seek(max(0, os.fstat(errors.fileno()).st_size - 65536))  # the last line counts
+        return returncode, errors.read().decode("utf-8", "replace")
+
+
+def _watched(call: Callable[[Any], None], arg: Any) -> bool:
+    """Whether showing the copy's progress still works: a fault in it (rsync printed
+    what no one foresaw) ends the progress, never the copy."""
+    try:
+        call(arg)
+    except Exception:  # whatever it was: progress is never worth a copy
+        return False
+    return True
 
 
 @implementation_for(S.RemoveCopy)
