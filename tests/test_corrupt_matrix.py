@@ -390,9 +390,13 @@ def move_ids(root: Path, cls: str, a: int, b: int, swap: bool) -> None:
     if not pools[first] or not pools[second]:
         return
     src, dst = pools[first][a % len(pools[first])], pools[second][b % len(pools[second])]
-    if src == dst or not (src.is_symlink() or src.is_file()):
+    # A corruption may have made either side a FIFO or a dir: reading one would block.
+    if src == dst or not all(p.is_symlink() or p.is_file() for p in (src, dst)):
         return
-    value, old = _value(src), _value(dst)
+    try:
+        value, old = _value(src), _value(dst)
+    except (UnicodeDecodeError, OSError):  # a corruption got there first: nothing to move
+        return
     _put(dst, value)
     if swap:
         _put(src, old)
