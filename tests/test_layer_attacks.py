@@ -16,6 +16,7 @@ from dockergc.fixture.builder import Layer
 from dockergc.plan import Plan
 from tests.conftest import NO_MOUNTS
 from tests.test_planner import World, plan_of, world
+from tests.test_unreferenced_layers import crash_after_first_move
 
 LDB = "image/overlay2/layerdb/sha256"
 
@@ -143,23 +144,12 @@ class Died(Exception):
 def test_settle_half_moved_group_with_taken_record_path_reports_truthfully(
     tmp_path: Path,
 ) -> None:
-    from dockergc.execute import impl
 
     w = world(tmp_path)
     a, b, c = chain3(w)
     p = plan_of(w)
 
-    def die_mid_group(record: dict[str, object]) -> None:
-        if record.get("type") == "intent":
-            first = record["op"]["moves"][0]  # type: ignore[index]
-            impl.do_move(
-                runner.MoveOp(**{k: v for k, v in first.items() if k != "name"}), str(w.root)
-            )
-            raise Died
-
-    with pytest.raises(Died):
-        runner.start_run(w.root, p, runner.Options(mounts=NO_MOUNTS, after_record=die_mid_group))
-    (run_id,) = [d.name for d in (w.root / ".dockergc/runs").iterdir()]
+    run_id = crash_after_first_move(w.root, p)
     # c's record went to quarantine; the daemon then re-registered chain c (new record, new
     # dir) before the resume.
     c2 = w.b.layer({"c": b"c" * 9000}, b)
@@ -244,23 +234,12 @@ def test_resume_live_puts_no_layer_record_back_under_a_running_daemon(tmp_path: 
     """An offline run crashed after a group's first move (the record is in quarantine, the
     dir and link are not); the daemon was started (it did not load that layer), then the
     run is resumed with --live, as the hint of a live host suggests."""
-    from dockergc.execute import impl
 
     w = world(tmp_path)
     a, b, c = chain3(w)
     p = plan_of(w)
 
-    def die_mid_group(record: dict[str, object]) -> None:
-        if record.get("type") == "intent":
-            first = record["op"]["moves"][0]  # type: ignore[index]
-            impl.do_move(
-                runner.MoveOp(**{k: v for k, v in first.items() if k != "name"}), str(w.root)
-            )
-            raise Died
-
-    with pytest.raises(Died):
-        runner.start_run(w.root, p, runner.Options(mounts=NO_MOUNTS, after_record=die_mid_group))
-    (run_id,) = [d.name for d in (w.root / ".dockergc/runs").iterdir()]
+    run_id = crash_after_first_move(w.root, p)
     runner.resume_run(w.root, run_id, runner.Options(live=True, mounts=NO_MOUNTS))
     load(w.root, run_id)
     journal = (w.root / ".dockergc/runs" / run_id / "journal.jsonl").read_text()
@@ -379,3 +358,19 @@ def test_after_lists_only_direct_children(tmp_path: Path) -> None:
     entries = sum(len(a.after) for a in p.actions)
     size = len(json.dumps(p.to_dict()))
     assert entries <= 100 and size < 500_000, (entries, size)
+
+
+def test_a_fifo_planted_in_quarantine_does_not_stall_rollback(tmp_path: Path) -> None:
+    """Rollback reads a quarantined layer's parent file: a FIFO put there instead must
+    neither block the rollback nor let the layer back with its parent unknown."""
+    w = world(tmp_path)
+    a, b, c = chain3(w)
+    view = runner.start_run(w.root, plan_of(w), opts())
+    step = next(s for s in view.steps if s.path == rel(c))
+    parent = w.root / step.op.dst / "parent"
+    parent.unlink()
+    os.mkfifo(parent)
+    back = runner.rollback_run(w.root, view.run_id, opts())
+    assert back.state == "partially-rolled-back"
+    assert not (w.root / rel(c)).exists()
+    assert (w.root / rel(a)).exists() and (w.root / rel(b)).exists()

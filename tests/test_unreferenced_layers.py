@@ -180,12 +180,9 @@ class Died(Exception):
     pass
 
 
-@pytest.mark.parametrize("then", ["resume", "rollback"])
-def test_a_crash_inside_a_group_is_settled_whole(tmp_path: Path, then: str) -> None:
-    """The process dies after the group's first move (its record is in quarantine, its
-    dir and link are not): resume and rollback both put the record back first, so the
-    group is moved whole or not at all."""
-    w, chain, p, before = applied(tmp_path)
+def crash_after_first_move(root: Path, plan: Plan) -> str:
+    """Apply ``plan`` and die right after the first group's first move (its record is in
+    quarantine, its dir and link are not), as a kill there would; return the run id."""
 
     def die_mid_group(record: dict[str, object]) -> None:
         if record.get("type") == "intent":
@@ -193,12 +190,24 @@ def test_a_crash_inside_a_group_is_settled_whole(tmp_path: Path, then: str) -> N
             assert op["name"] == "group"  # type: ignore[index]
             first = op["moves"][0]  # type: ignore[index]
             impl.do_move(
-                runner.MoveOp(**{k: v for k, v in first.items() if k != "name"}), str(w.root)
+                runner.MoveOp(**{k: v for k, v in first.items() if k != "name"}), str(root)
             )
             raise Died
 
     with pytest.raises(Died):
-        runner.start_run(w.root, p, runner.Options(mounts=NO_MOUNTS, after_record=die_mid_group))
+        runner.start_run(root, plan, runner.Options(mounts=NO_MOUNTS, after_record=die_mid_group))
+    (run_id,) = [d.name for d in (root / ".dockergc/runs").iterdir()]
+    return run_id
+
+
+@pytest.mark.parametrize("then", ["resume", "rollback"])
+def test_a_crash_inside_a_group_is_settled_whole(tmp_path: Path, then: str) -> None:
+    """The process dies after the group's first move (its record is in quarantine, its
+    dir and link are not): resume and rollback both put the record back first, so the
+    group is moved whole or not at all."""
+    w, chain, p, before = applied(tmp_path)
+
+    run_id = crash_after_first_move(w.root, p)
     (run_id,) = [d.name for d in (w.root / ".dockergc/runs").iterdir()]
     assert load(w.root, run_id).in_doubt
     assert not (w.root / rel(chain[2])).exists()  # the crash left the group split

@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import signal
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -423,6 +424,8 @@ def _layer_not_restorable(root: Path, step: Step, opts: Options) -> str | None:
     moves = moves_of(step.op)
     record = moves[0].dst
     parent = _read_small(root, f"{record}/parent")
+    if parent is None and safefs.lstat_at(str(root), f"{record}/parent") is not None:
+        return "its parent file cannot be read, so its parent is unknown"
     parent_rel = f"image/overlay2/layerdb/sha256/{(parent or '')[7:]}"
     if parent and parent.startswith("sha256:") and safefs.lstat_at(str(root), parent_rel) is None:
         return f"its parent layer {parent[7:19]} is not in layerdb"
@@ -434,10 +437,15 @@ def _layer_not_restorable(root: Path, step: Step, opts: Options) -> str | None:
 
 
 def _read_small(root: Path, rel: str) -> str | None:
+    """A small regular file's text; None if it is missing or not a readable regular file
+    (O_NONBLOCK: a FIFO planted in quarantine must not stall a rollback)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         with safefs.open_parent(str(root), rel) as (fd, name):
-            ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            ffd = os.open(name, flags, dir_fd=fd)
             try:
+                if not stat.S_ISREG(os.fstat(ffd).st_mode):
+                    return None
                 return os.read(ffd, 4096).decode(errors="replace").strip()
             finally:
                 os.close(ffd)
