@@ -6,115 +6,87 @@ changes disk.
 
 from __future__ import annotations
 
-import gc
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dockergc.graph import Graph, mark
-from dockergc.measure import Usage, measure_all
-from dockergc.plan import Plan, Policy, candidates, grace_note, make_plan, pin_reason
-from dockergc.store.layers import oldest_record_change
-from dockergc.store.mountinfo import MountTable
 from dockergc.store.rootinfo import (
     DaemonConfig,
     RootInfo,
-    check_overlay2_root,
+    detect_store,
     locate_root,
     read_daemon_config,
 )
-from dockergc.store.snapshot import Snapshot, gather
+from dockergc.store.snapshot import gather
+from dockergc.stores.interface import Store
+from dockergc.stores.overlay2 import Overlay2Store, daemon_on, inventory, plan_root, scan_root
+
+__all__ = ["daemon_on", "inventory", "plan_root", "scan_root"]  # the overlay2 family's
 
 
 @dataclass(frozen=True)
 class Target:
     root: RootInfo
     config: DaemonConfig | None
+    store: str = "overlay2"  # which family reads it (dockergc.stores)
+    store_why: str = ""
+    dockerd_args: tuple[str, ...] = ()  # the running dockerd's command line, if one runs
+
+
+@dataclass(frozen=True)
+class ContainerdFlags:
+    """Where the containerd of a containerd-store root is (flags or config file)."""
+
+    address: str | None = None
+    root: Path | None = None
+    config: Path | None = None
 
 
 def resolve_target(root: Path | None, config_file: Path) -> Target:
-    """Locate the root and refuse anything but an overlay2 root we understand."""
+    """Locate the root and tell which store it is; refuse anything dockergc does not
+    understand (aufs, devicemapper, ... or no Docker root at all)."""
     config = read_daemon_config(config_file)
     info = locate_root(root, config)
-    check_overlay2_root(info.path, config)
-    return Target(info, config)
+    args = _dockerd_args(info.path)
+    store, why = detect_store(info.path, config, list(args))
+    return Target(info, config, store, why, args)
 
 
-@contextmanager
-def _bulk() -> Iterator[None]:
-    # Reading a large root creates a few hundred thousand records that all live on;
-    # the cyclic collector would scan them again and again while they are made.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def scan_root(root: Path, mounts: MountTable | None = None) -> tuple[Snapshot, Graph]:
-    """Read every metadata file and mark; no walk of any layer's contents (what scan needs)."""
-    with _bulk():
-        snap = gather(root, mounts, detail=True)
-        return snap, mark(snap)
-
-
-def plan_root(
-    root: Path, policy: Policy, mounts: MountTable | None = None
-) -> tuple[Snapshot, Graph, Plan]:
-    """Read, mark, measure the unreferenced, and plan."""
-    with _bulk():
-        snap = gather(root, mounts)
-        graph = mark(snap)
-    cands = candidates(snap, graph)
-    usage: dict[str, Usage | None] = {}
-    if not graph.freeze:
-        # Never walk into a mount (a bind mount may bring in files from outside).
-        paths = [p for c in cands for p in c.paths]
-        usage = measure_all(str(root), [p for p in paths if pin_reason(snap, p) is None])
-    if policy.daemon is None and graph.layers_unreferenced:
-        policy = replace(policy, daemon=_daemon_on(root))
-    plan = make_plan(snap, graph, cands, usage, policy)
-    note = grace_note(plan, policy.now, oldest_record_change(root)) if not plan.actions else None
-    return snap, graph, replace(plan, notes=(*plan.notes, note)) if note else plan
-
-
-def _daemon_on(root: Path) -> str | None:
-    """Who runs on ``root`` now, if anyone: a plan made while a daemon runs reports the
-    unreferenced layers it holds in memory instead of planning them."""
+def _dockerd_args(root: Path) -> tuple[str, ...]:
+    """The command line of the dockerd running on ``root`` (read in its own /proc)."""
     from dockergc.daemon import daemons_using
+    from dockergc.host.detect import PROC
+    from dockergc.host.procfs import GONE, Proc
 
-    users = daemons_using(root)  # a daemon under any name: found by what it holds
-    return users[0].describe() if users else None
+    for d in daemons_using(root):
+        if d.kind == "dockerd":
+            try:
+                return tuple(Proc(PROC, d.pid).cmdline()[1:])
+            except GONE:
+                continue
+    return ()
 
 
-def inventory(snap: Snapshot, graph: Graph) -> dict[str, Any]:
-    """What a data root holds, from metadata alone (no walk of layer contents)."""
-    layer_bytes = sum(layer.size or 0 for layer in snap.layers.layers)
-    return {
-        "root": snap.root,
-        "images": len(snap.images.images),
-        "tags": len(snap.images.tags),
-        "layers": len(snap.layers.layers),
-        "layer_bytes": layer_bytes,
-        "containers": len(snap.containers.containers),
-        "running_containers": sum(1 for c in snap.containers.containers if c.running),
-        "layer_mounts": len(snap.layers.mounts),
-        "overlay2_dirs": len(snap.overlay.dirs),
-        "short_links": len(snap.overlay.links),
-        "buildkit_snapshots": len(snap.buildkit.snapshot_keys),
-        "live_dirs": len(graph.live),
-        "unreferenced_dirs": len({d.name for d in snap.overlay.dirs} - set(graph.live)),
-        "unreferenced_layers": len(graph.layers_unreferenced),
-        "mount_namespaces": snap.mount_namespaces,
-        "pinned_paths": len(snap.pinned),
-        "frozen": list(graph.freeze),
-        "findings": [f.as_dict() for f in snap.findings],
-    }
+def open_store(target: Target, ctd: ContainerdFlags | None = None) -> Store:
+    """The store family that reads the target's root: the one place that picks it."""
+    if target.store == "overlay2":
+        return Overlay2Store(target.root.path)
+    from dockergc.stores.containerd.family import ContainerdStore
+    from dockergc.stores.containerd.locate import locate_containerd
+
+    ctd = ctd or ContainerdFlags()
+    located = locate_containerd(
+        address=ctd.address,
+        root=ctd.root,
+        config=ctd.config,
+        ctr=None,
+        dockerd_args=list(target.dockerd_args),
+        daemon_json={"containerd": target.config.containerd}
+        if target.config and target.config.containerd
+        else None,
+    )
+    return ContainerdStore(target.root.path, located)
 
 
 LIVE_HINT = (
@@ -161,19 +133,22 @@ def refuse_if_daemon(root: Path, live: bool, hint: str = LIVE_HINT) -> None:
         )
 
 
-def refuse_if_unwritable(root: Path) -> None:
+def refuse_if_unwritable(root: Path, *others: Path) -> None:
     """Changing a root needs root: refuse otherwise, and refuse a root root does not own
-    (someone else's directory, or a path an attacker could have prepared)."""
+    (someone else's directory, or a path an attacker could have prepared). ``others``:
+    further dirs a run changes (containerd's root); overlay2/ is checked when present."""
     from dockergc.errors import RefusedError
 
     if os.geteuid() != 0:
         raise RefusedError("refusing: changing a Docker data root needs root (run with sudo)")
-    for path in (root, root / "overlay2"):
+    paths = [root, *([root / "overlay2"] if (root / "overlay2").is_dir() else []), *others]
+    for path in paths:
         owner = os.lstat(path).st_uid
         if owner != 0:
             raise RefusedError(f"refusing: {path} is owned by uid {owner}, not root")
-    if not os.access(root, os.W_OK) or not os.access(root / "overlay2", os.W_OK):
-        raise RefusedError(f"refusing: {root} is not writable by this user (run as root)")
+    for path in paths:
+        if not os.access(path, os.W_OK):
+            raise RefusedError(f"refusing: {path} is not writable by this user (run as root)")
 
 
 def relocation_facts(root: Path, new: Path, config: Path, host: str) -> tuple[Any, int, int]:

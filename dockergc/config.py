@@ -19,6 +19,9 @@ DEFAULT_PATH = Path("/etc/dockergc/config.toml")
 SCHEMA: dict[str, tuple[Any, type | tuple[type, ...], str]] = {
     "root": (None, str, "Docker data root (else daemon.json data-root, else /var/lib/docker)"),
     "daemon_config": ("/etc/docker/daemon.json", str, "the daemon's config file"),
+    "containerd_address": (None, str, "containerd store: socket (else dockerd's --containerd)"),
+    "containerd_root": (None, str, "containerd store: root (else 'root' in containerd's config)"),
+    "containerd_config": ("/etc/containerd/config.toml", str, "containerd's config file"),
     "min_age": ("1h", str, "grace period before a leftover may be removed"),
     "live_min_age": ("24h", str, "grace period with --live (at least 1h)"),
     "excludes": ([], list, "globs of paths or names never removed"),

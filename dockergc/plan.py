@@ -32,7 +32,18 @@ KINDS = (
     "dangling-link",
     "removing-layer",
     "write-set",
+    # The containerd image store (dockergc.stores.containerd): leases first, then
+    # containerd's own GC frees what they held, then what no record names.
+    "stale-lease",  # deleted through containerd (irreversible; journaled with what it held)
+    "containerd-gc",  # records containerd's GC would free but has not yet: run its GC
+    "orphan-snapshot",  # a snapshots/<N> dir with no record in the snapshotter's metadata.db
+    "stale-ingest",  # an unfinished upload older than the grace period
+    "orphan-rootfs",  # rootfs/overlayfs/<id> of a container dockerd no longer has
+    "gone-container",  # containers/<id> without its config.v2.json: dockerd cannot load it
 )
+# Kinds whose ``path`` names a containerd record, not a file: nothing to measure or move.
+RECORD_KINDS = frozenset({"stale-lease", "containerd-gc"})
+BASES = ("", "containerd")  # "" the data root; "containerd" containerd's root
 KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
 
 
@@ -76,6 +87,7 @@ class Action:
     depends_on: str | None = None  # removed only if this path was removed in the same run
     parts: tuple[Part, ...] = ()  # moved with ``path`` in one step, put back with it
     after: tuple[str, ...] = ()  # removed only if all these were removed before it (children)
+    base: str = ""  # which root ``path`` is under: "" the data root, "containerd" its root
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -128,6 +140,8 @@ class Plan:
     kept: tuple[Kept, ...]
     frozen: tuple[str, ...]
     notes: tuple[str, ...] = ()  # what a reader needs to know about the plan as a whole
+    store: str = "overlay2"  # which store family made it (dockergc.stores)
+    containerd_root: str = ""  # the containerd store's root, for actions with base "containerd"
 
     @property
     def bytes(self) -> int:
@@ -150,6 +164,8 @@ class Plan:
         return {
             "version": self.version,
             "root": self.root,
+            "store": self.store,
+            "containerd_root": self.containerd_root,
             "created": self.created,
             "policy": {"min_age_seconds": self.min_age_seconds, "excludes": list(self.excludes)},
             "frozen": list(self.frozen),
@@ -183,6 +199,8 @@ class Plan:
             ),
             frozen=_strings(doc, "frozen", ""),
             notes=_strings(doc, "notes", ""),
+            store=_store(_field(doc, "store", str, "", "overlay2")),
+            containerd_root=_field(doc, "containerd_root", str, "", ""),
         )
 
 
@@ -259,7 +277,20 @@ def _action_fields(a: object, where: str, depends_on: str | None) -> Action:
             for j, p in enumerate(_field(a, "parts", list, where, []))
         ),
         after=tuple(_safe_rel(x) for x in _strings(a, "after", where)),
+        base=_base(_field(a, "base", str, where, ""), where),
     )
+
+
+def _store(name: str) -> str:
+    if name not in ("overlay2", "containerd"):
+        raise PlanFileError(f"unknown store {name!r} (overlay2 or containerd)")
+    return name
+
+
+def _base(base: str, where: str) -> str:
+    if base not in BASES:
+        raise PlanFileError(f"{where}.base must be one of {list(BASES)}, not {base!r}")
+    return base
 
 
 def _known_kind(kind: object) -> str:

@@ -60,6 +60,34 @@ def engine(request: pytest.FixtureRequest) -> Iterator[tuple[Engine, dict[str, s
         e.destroy()
 
 
+@pytest.fixture(scope="session")
+def ctd_engine() -> Iterator[tuple[Engine, Any]]:
+    """One real dockerd 28.5 on the containerd image store for the session, populated once
+    (tests/ctd_state.py); tests that stop or break it leave it running and whole."""
+    from tests.ctd_state import populate
+
+    e = Engine(version="28.5", store="containerd")
+    try:
+        e.start()
+        yield e, populate(e)
+    finally:
+        e.destroy()
+
+
+def ctd_flags(e: Engine) -> tuple[str, ...]:
+    """dockergc's flags for a containerd-store engine: its data root and its containerd."""
+    return (
+        "--root",
+        str(e.root),
+        "--config-file",
+        str(e.config),
+        "--containerd-root",
+        str(e.ctd_dir / "root"),
+        "--containerd-address",
+        str(e.ctd_sock),
+    )
+
+
 def on_root(root: Path) -> tuple[str, ...]:
     """The flags most tests pass: this root, no daemon.json, no grace period."""
     return ("--root", str(root), "--config-file", "/x", "--min-age", "0")

@@ -109,8 +109,17 @@ class Engine:
     as on a real host, so that relocation's config switch is what moves it."""
 
     def __init__(
-        self, base: Path | None = None, root_in_config: bool = False, version: str = "20.10"
+        self,
+        base: Path | None = None,
+        root_in_config: bool = False,
+        version: str = "20.10",
+        store: str = "overlay2",
     ) -> None:
+        """``store="containerd"`` starts dockerd with the containerd image store (28.5's
+        ``--feature containerd-snapshotter``): images live in containerd's root."""
+        if store == "containerd" and version == "20.10":
+            raise ValueError("the containerd image store needs dockerd 23+ (use 28.5)")
+        self.store = store
         self.version = version
         self.bins = binaries(version)
         self.base = base or Path(tempfile.mkdtemp(prefix="dgc-", dir="/tmp"))
@@ -177,6 +186,7 @@ class Engine:
             "--iptables=false",
             "--ip-masq=false",
             "--bridge=none",
+            *(["--feature", "containerd-snapshotter"] if self.store == "containerd" else []),
         ]
 
     def control_scripts(self, fail_unless_root: Path | None = None) -> tuple[str, str]:
@@ -239,6 +249,10 @@ class Engine:
         # fresh root (the containerd image store is opt-in there, "containerd-snapshotter");
         # a daemon on the containerd store would leave image/ and overlay2/ empty.
         driver = info.stdout.strip()
+        if self.store == "containerd":
+            if "io.containerd.snapshotter" not in driver:
+                raise RuntimeError(f"dockerd {self.version} is not on containerd: {driver}")
+            return True
         if not driver.startswith("overlay2 ") or "io.containerd.snapshotter" in driver:
             raise RuntimeError(f"dockerd {self.version} is not on overlay2: {driver}")
         return True

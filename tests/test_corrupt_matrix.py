@@ -187,7 +187,6 @@ def test_unreadable_file_is_a_finding(
         (b'{"data-root": 5}', 1, "does not exist"),
         (b'{"data-root": "/"}', 3, "system directory"),
         (b'{"storage-driver": "devicemapper", "data-root": "%ROOT%"}', 3, "devicemapper"),
-        (b'{"features": {"containerd-snapshotter": true}, "data-root": "%ROOT%"}', 3, "containerd"),
     ],
 )
 def test_daemon_json_matrix(

@@ -41,12 +41,12 @@ def counting(self, record):
         os.kill(os.getpid(), getattr(signal, signame))
 journal.Journal.append = counting
 if after == 0:  # while planning, before any run exists
-    from dockergc import api
-    plan_root = api.plan_root
+    from dockergc.stores.overlay2 import Overlay2Store
+    plan = Overlay2Store.plan
     def signalled(*a, **k):
         os.kill(os.getpid(), getattr(signal, signame))
-        return plan_root(*a, **k)
-    api.plan_root = signalled
+        return plan(*a, **k)
+    Overlay2Store.plan = signalled
 sys.exit(main(sys.argv[3:]))
 """
 

@@ -13,7 +13,12 @@ from dockergc.fixture.bbolt_write import write_bbolt
 from dockergc.store import bbolt
 from dockergc.store.ids import chain_ids
 from dockergc.store.mountinfo import MountTable, parse_mountinfo, pinned_paths, root_fs_path
-from dockergc.store.rootinfo import check_overlay2_root, locate_root, read_daemon_config
+from dockergc.store.rootinfo import (
+    check_overlay2_root,
+    detect_store,
+    locate_root,
+    read_daemon_config,
+)
 
 
 def test_chain_ids_match_what_dockerd_wrote() -> None:
@@ -109,20 +114,28 @@ def test_other_drivers_are_refused(tmp_path: Path, driver: str) -> None:
         check_overlay2_root(root, None)
 
 
-def test_containerd_image_store_is_refused(tmp_path: Path) -> None:
-    root = _root(tmp_path, "containerd/daemon", "image")
-    with pytest.raises(RefusedError, match="containerd image store"):
-        check_overlay2_root(root, None)
+def test_containerd_image_store_is_detected(tmp_path: Path) -> None:
+    """The containerd store is told by what the daemon is told (daemon.json features, a
+    running dockerd's --feature flag) before what the disk looks like: an upgraded host
+    keeps its old image/overlay2 beside the new store."""
+    root = _root(tmp_path / "a", "rootfs/overlayfs", "containers")
+    assert detect_store(root, None)[0] == "containerd"
+    upgraded = _root(tmp_path / "u", "image/overlay2", "overlay2", "rootfs/overlayfs")
     cfg = tmp_path / "daemon.json"
     cfg.write_text(
-        json.dumps(
-            {"data-root": str(tmp_path / "r2"), "features": {"containerd-snapshotter": True}}
-        )
+        json.dumps({"data-root": str(upgraded), "features": {"containerd-snapshotter": True}})
     )
-    root2 = _root(tmp_path, "r2/image/overlay2", "r2/overlay2")
-    assert root2.name == "docker"
-    with pytest.raises(RefusedError, match="containerd-snapshotter"):
-        check_overlay2_root(tmp_path / "r2", read_daemon_config(cfg))
+    store, why = detect_store(upgraded, read_daemon_config(cfg))
+    assert store == "containerd" and "features.containerd-snapshotter" in why
+    assert detect_store(upgraded, None)[0] == "overlay2"
+    flags = ["--data-root", str(upgraded), "--feature", "containerd-snapshotter"]
+    assert detect_store(upgraded, None, flags)[0] == "containerd"
+    off = ["--feature", "containerd-snapshotter=false"]
+    assert detect_store(upgraded, None, off)[0] == "overlay2"
+    # Nothing but a managed containerd's dir: not a root dockergc understands.
+    bare = _root(tmp_path / "b", "containerd/daemon")
+    with pytest.raises(RefusedError, match="no image/overlay2"):
+        detect_store(bare, None)
 
 
 def test_overlay2_metadata_without_overlay2_dir_is_refused(tmp_path: Path) -> None:

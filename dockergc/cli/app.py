@@ -15,6 +15,7 @@ from dockergc.config import DEFAULT_PATH, Setting, load, override
 from dockergc.durations import parse_duration
 from dockergc.errors import RefusedError, UsageError
 from dockergc.plan import Policy
+from dockergc.stores.interface import Store
 
 app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
@@ -47,6 +48,30 @@ ConfigOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+CtdAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--containerd-address",
+        help="Containerd image store: containerd's socket [default: dockerd's --containerd, "
+        "else daemon.json containerd, else /run/containerd/containerd.sock].",
+    ),
+]
+CtdRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--containerd-root",
+        help="Containerd image store: containerd's root [default: root in "
+        "--containerd-config, else /var/lib/containerd].",
+    ),
+]
+CtdConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--containerd-config",
+        help="Containerd image store: containerd's config.toml [default: "
+        "/etc/containerd/config.toml].",
+    ),
+]
 MinAgeOpt = Annotated[
     str | None,
     typer.Option(
@@ -144,6 +169,25 @@ def target_from(root: Path | None, daemon_config: Path | None) -> api.Target:
     )
     chosen = s["root"].value
     return api.resolve_target(Path(chosen) if chosen else None, Path(s["daemon_config"].value))
+
+
+def store_from(
+    target: api.Target, address: str | None, root: Path | None, config: Path | None
+) -> Store:
+    """The store family of the target; a containerd store's socket and root from the
+    flags, else the config file, else what dockerd and containerd's config say."""
+    s = settings(
+        containerd_address=address,
+        containerd_root=str(root) if root else None,
+        containerd_config=str(config) if config else None,
+    )
+    named = s["containerd_config"]
+    flags = api.ContainerdFlags(
+        address=s["containerd_address"].value,
+        root=Path(s["containerd_root"].value) if s["containerd_root"].value else None,
+        config=Path(named.value) if named.source != "default" else None,
+    )
+    return api.open_store(target, flags)
 
 
 def policy_from_flags(min_age: str | None, exclude: list[str] | None, live: bool = False) -> Policy:

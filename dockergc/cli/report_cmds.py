@@ -13,6 +13,9 @@ from rich.console import Console
 from dockergc import api
 from dockergc.cli.app import (
     ConfigOpt,
+    CtdAddressOpt,
+    CtdConfigOpt,
+    CtdRootOpt,
     ExcludeOpt,
     JsonOpt,
     MinAgeOpt,
@@ -26,6 +29,7 @@ from dockergc.cli.app import (
     say_chunks,
     say_json,
     settings,
+    store_from,
     target_from,
 )
 from dockergc.cli.output import write_atomic
@@ -40,11 +44,19 @@ from dockergc.render.table import TableRenderer
 
 
 @app.command()
-def scan(root: RootOpt = None, config_file: ConfigOpt = None, json: JsonOpt = False) -> None:
+def scan(
+    root: RootOpt = None,
+    config_file: ConfigOpt = None,
+    json: JsonOpt = False,
+    containerd_address: CtdAddressOpt = None,
+    containerd_root: CtdRootOpt = None,
+    containerd_config: CtdConfigOpt = None,
+) -> None:
     """Inventory a data root from its metadata: images, layers, containers, dirs, findings."""
     target = target_from(root, config_file)
-    inv = api.inventory(*api.scan_root(target.root.path))
-    skip = ("findings", "frozen")
+    store = store_from(target, containerd_address, containerd_root, containerd_config)
+    inv = store.inventory()
+    skip = ("findings", "frozen", "attribution")  # the per-record list: --json
     lines = [f"{key:<20} {value}" for key, value in inv.items() if key not in skip]
     lines += [f"frozen: {reason}" for reason in inv["frozen"]]
     lines += [f"finding: {f['kind']} {f['path']}: {f['reason']}" for f in inv["findings"]]
@@ -70,13 +82,17 @@ def plan(
     check: Annotated[
         bool, typer.Option("--check", help="Exit 4 when the plan is not empty (for monitoring).")
     ] = False,
+    containerd_address: CtdAddressOpt = None,
+    containerd_root: CtdRootOpt = None,
+    containerd_config: CtdConfigOpt = None,
 ) -> None:
     """Dry run: list what gc would remove, with size, age, reason and evidence. Changes nothing."""
     policy = policy_from_flags(min_age, exclude)
     target = target_from(root, config_file)
     if target.root.path != target.root.given:
         say(f"note: data root {target.root.given} resolves to {target.root.path}", err=True)
-    _, _, result = api.plan_root(target.root.path, policy)
+    store = store_from(target, containerd_address, containerd_root, containerd_config)
+    result = store.plan(policy)
     if out is not None:
         write_atomic(out, JsonRenderer().chunks(result))
     if html is not None:

@@ -18,6 +18,9 @@ from dockergc import api
 from dockergc.cli.app import (
     LIVE_FLOOR_SECONDS,
     ConfigOpt,
+    CtdAddressOpt,
+    CtdConfigOpt,
+    CtdRootOpt,
     ExcludeOpt,
     JsonOpt,
     LiveOpt,
@@ -32,6 +35,7 @@ from dockergc.cli.app import (
     policy_from_flags,
     say,
     settings,
+    store_from,
     target_from,
 )
 from dockergc.cli.output import write_atomic
@@ -42,13 +46,14 @@ from dockergc.execute import runner
 from dockergc.execute.journal import RunView, list_runs, load
 from dockergc.fleet import load_plan_file
 from dockergc.lock import exclusive
-from dockergc.plan import Plan
+from dockergc.plan import RECORD_KINDS, Plan
 from dockergc.render.interface import human_bytes
 from dockergc.render.jsonfmt import plan_document
 from dockergc.render.prometheus import render_metrics
 from dockergc.render.runs import run_summary, run_to_dict, runs_table
 from dockergc.render.table import TableRenderer
 from dockergc.retention import purgeable, quarantined_bytes
+from dockergc.stores.interface import Store
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -179,17 +184,27 @@ def _finish(view: RunView, root: Path, json: bool) -> None:
     _show(view, json)
 
 
+def _question(plan: Plan) -> str:
+    if any(a.kind in RECORD_KINDS for a in plan.actions):
+        return (
+            "Delete these leases through containerd (they cannot be restored) and move the "
+            "rest into quarantine?"
+        )
+    return "Move these into quarantine?"
+
+
 def _load_plan(path: Path) -> Plan:
     return load_plan_file(path)
 
 
 def _execute(
-    target: api.Target, live: bool, work: runner.Options, plan: Plan | None, resume: str | None
+    store: Store, live: bool, work: runner.Options, plan: Plan | None, resume: str | None
 ) -> RunView:
-    root = target.root.path
-    api.refuse_if_unwritable(root)
+    root = store.root
+    api.refuse_if_unwritable(root, *store.other_roots())
     with exclusive(root):
-        api.refuse_if_daemon(root, live)
+        store.refuse_unsafe(live)
+        work.checks = store.checks(live, work.mounts, work.live_slack)
         if resume:
             return runner.resume_run(root, resume, work)
         runner.refuse_if_unfinished(root)
@@ -209,6 +224,9 @@ def apply(
     yes: YesOpt = False,
     live: LiveOpt = False,
     json: JsonOpt = False,
+    containerd_address: CtdAddressOpt = None,
+    containerd_root: CtdRootOpt = None,
+    containerd_config: CtdConfigOpt = None,
 ) -> None:
     """Carry out a saved plan: each item re-checked, then moved to quarantine (undo: rollback)."""
     if (plan_file is None) == (resume is None):
@@ -220,11 +238,14 @@ def apply(
             f"with {plan.min_age_seconds:g}s: plan it again with --min-age 1h or more"
         )
     target = target_from(root or (Path(plan.root) if plan else None), config_file)
+    store = store_from(target, containerd_address, containerd_root, containerd_config)
+    if plan and plan.store != store.name:
+        raise PlanFileError(f"{plan_file} is a plan for the {plan.store} store; {store.describe()}")
     if plan and not json and not yes:  # shown before the question, -q or not
         say(TableRenderer(dry_run=False).render(plan).rstrip("\n"), always=True)
-    api.refuse_if_daemon(target.root.path, live)
-    confirm("Move these into quarantine?" if plan else f"Resume run {resume}?", yes)
-    view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, resume)
+    store.refuse_unsafe(live)
+    confirm(_question(plan) if plan else f"Resume run {resume}?", yes)
+    view = _execute(store, live, runner.Options(live=live, progress=_progress(json)), plan, resume)
     _finish(view, target.root.path, json)
 
 
@@ -255,6 +276,9 @@ def gc(
     low_watermark: Annotated[
         str | None, typer.Option("--low-watermark", help="e.g. 70% [default: the high mark].")
     ] = None,
+    containerd_address: CtdAddressOpt = None,
+    containerd_root: CtdRootOpt = None,
+    containerd_config: CtdConfigOpt = None,
 ) -> None:
     """Plan and apply in one (the nightly job). Items go to quarantine; 'purge' frees them."""
     started = time.time()
@@ -265,9 +289,10 @@ def gc(
     target = target_from(root, config_file)
     if target.root.path != target.root.given:
         say(f"note: data root {target.root.given} resolves to {target.root.path}", err=True)
+    store = store_from(target, containerd_address, containerd_root, containerd_config)
     if not dry_run:  # refuse before the work of planning, and again under the lock
-        api.refuse_if_daemon(target.root.path, live)
-        api.refuse_if_unwritable(target.root.path)
+        store.refuse_unsafe(live)
+        api.refuse_if_unwritable(target.root.path, *store.other_roots())
     used = api.disk_used_percent(target.root.path) if high is not None else None
     if used is not None and high is not None and used < high:  # a dry run decides the same
         msg = f"disk {used:.1f}% full, below the high watermark {high:g}%: nothing to do"
@@ -283,7 +308,7 @@ def gc(
         return
     for note in runner.interrupted_notes(target.root.path):
         say(note, err=True)
-    _, _, plan = api.plan_root(target.root.path, policy)
+    plan = store.plan(policy)
     if dry_run:
         marks_doc, marks_text = _watermark_decision(used, high, low)
         emit(
@@ -307,8 +332,8 @@ def gc(
         return
     if not json and not yes:  # shown before the question, -q or not
         say(TableRenderer(dry_run=False).render(plan).rstrip("\n"), always=True)
-    confirm("Move these into quarantine?", yes)
-    view = _execute(target, live, runner.Options(live=live, progress=_progress(json)), plan, None)
+    confirm(_question(plan), yes)
+    view = _execute(store, live, runner.Options(live=live, progress=_progress(json)), plan, None)
     if low is not None and view.state == "applied":
         with exclusive(target.root.path):
             purged = runner.purge_until(

@@ -114,6 +114,7 @@ class Step:
     # not-moved | lost | restored | purged | restore-skipped
     status: str
     reason: str = ""
+    freed: int | None = None  # a record op's bytes really freed (deleted through the store)
 
 
 @dataclass
@@ -139,8 +140,18 @@ class RunView:
         return [s for s in self.steps if s.status in ("moved", "partly-moved", "restore-skipped")]
 
     @property
+    def deleted(self) -> list[Step]:
+        """Steps carried out through the store's own client (irreversible)."""
+        return [s for s in self.steps if s.status == "deleted"]
+
+    @property
+    def freed_bytes(self) -> int:
+        """What the deleted steps really freed, as measured after each."""
+        return sum(s.freed or 0 for s in self.deleted)
+
+    @property
     def bytes(self) -> int:
-        return sum(
+        return self.freed_bytes + sum(
             s.bytes for s in self.steps if s.status in ("moved", "restore-skipped", "purged")
         )
 
@@ -173,6 +184,8 @@ def replay(run_id: str, records: list[dict[str, Any]]) -> RunView:
         elif kind == "done" and seq in steps:
             steps[seq].status = r.get("outcome", "moved")
             steps[seq].reason = r.get("reason", "")
+            if isinstance(r.get("freed"), int):
+                steps[seq].freed = r["freed"]
         elif kind == "skip":
             view.skipped.append(
                 {k: r[k] for k in ("action_id", "kind", "path", "reason") if k in r}

@@ -26,9 +26,10 @@ class MoveOp:
     dev: int
     ino: int
     name: str = "move"
+    base: str = ""  # which root both paths are under: "" the data root (Plan.base)
 
     def reverse(self) -> MoveOp:
-        return MoveOp(src=self.dst, dst=self.src, dev=self.dev, ino=self.ino)
+        return MoveOp(src=self.dst, dst=self.src, dev=self.dev, ino=self.ino, base=self.base)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +73,32 @@ class GroupOp:
         return {"name": self.name, "moves": [m.as_dict() for m in self.moves]}
 
 
+@dataclass(frozen=True)
+class RecordOp:
+    """A change to a store's records made through the store's own client (the containerd
+    family: delete a lease, run containerd's GC). It cannot be undone: the journal keeps
+    what the record was and what it held, and the dry run is the safeguard."""
+
+    name: str  # "delete-lease" or "collect"
+    namespace: str
+    id: str
+    created: float | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    holds: tuple[str, ...] = ()  # what it held, as "snapshot overlayfs/KEY" / "blob sha256:…"
+
+    def reverse(self) -> RecordOp:
+        raise Irreversible(f"{self.name} {self.namespace}/{self.id} cannot be undone")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["labels"] = dict(self.labels)
+        d["holds"] = list(self.holds)
+        return d
+
+
+RECORD_OPS = ("delete-lease", "collect")
+
+
 class PartlyMoved(Exception):
     """A group failed midway and could not be put back: ``moved`` are in quarantine."""
 
@@ -80,11 +107,14 @@ class PartlyMoved(Exception):
         self.moved = moved
 
 
-Op = MoveOp | PurgeOp | GroupOp
-Change = MoveOp | GroupOp  # what a gc step does; its reverse is what rollback does
+Op = MoveOp | PurgeOp | GroupOp | RecordOp
+Change = MoveOp | GroupOp | RecordOp  # what a gc step does; its reverse is what rollback does
 
 
 def moves_of(op: Change) -> tuple[MoveOp, ...]:
+    """The renames a step made: none for a record op."""
+    if isinstance(op, RecordOp):
+        return ()
     return op.moves if isinstance(op, GroupOp) else (op,)
 
 
@@ -92,6 +122,15 @@ def change_from_dict(doc: dict[str, Any]) -> Change:
     """A step's operation as the journal recorded it."""
     if doc.get("name") == "group":
         return GroupOp(tuple(move_from_dict(m) for m in doc["moves"]))
+    if doc.get("name") in RECORD_OPS:
+        return RecordOp(
+            name=str(doc["name"]),
+            namespace=str(doc["namespace"]),
+            id=str(doc["id"]),
+            created=doc.get("created"),
+            labels=tuple(sorted((str(k), str(v)) for k, v in dict(doc.get("labels", {})).items())),
+            holds=tuple(str(h) for h in doc.get("holds", [])),
+        )
     return move_from_dict(doc)
 
 

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from dockergc.errors import RefusedError, UsageError
+from dockergc.errors import DockerGCError, RefusedError, UsageError
 from dockergc.execute import impl as _impl  # noqa: F401  (registers implementations)
 from dockergc.execute import safefs
+from dockergc.execute.checks import Overlay2Checks, Roots, RunChecks
 from dockergc.execute.journal import (
     Journal,
     RunView,
@@ -37,8 +39,17 @@ from dockergc.execute.journal import (
     quarantine_rel,
     run_dir_rel,
 )
-from dockergc.execute.ops import Change, GroupOp, MoveOp, PartlyMoved, PurgeOp, moves_of, perform
-from dockergc.execute.verify import LIVE_SLACK, Facts, LiveWatch, mounted_under, why_not
+from dockergc.execute.ops import (
+    Change,
+    GroupOp,
+    MoveOp,
+    PartlyMoved,
+    PurgeOp,
+    RecordOp,
+    moves_of,
+    perform,
+)
+from dockergc.execute.verify import LIVE_SLACK, mounted_under
 from dockergc.plan import Action, Plan
 from dockergc.store.mountinfo import MountTable
 
@@ -58,6 +69,33 @@ class Options:
     after_record: Callable[[dict[str, object]], None] | None = None
     # --live: how close to the run's start (filesystem clock) a change counts as during it.
     live_slack: float = LIVE_SLACK
+    # The store family's re-checks (dockergc.stores); None: the overlay2 graphdriver's.
+    checks: RunChecks | None = None
+
+
+def _checks(root: Path, opts: Options) -> RunChecks:
+    return opts.checks or Overlay2Checks(root, opts.live, opts.mounts, opts.live_slack)
+
+
+def run_roots(root: Path, run_id: str) -> Roots:
+    """The roots a run's paths are under, from the plan it saved: a containerd-store run
+    also quarantines under containerd's root (renames never cross filesystems)."""
+    try:
+        doc = json.loads((Journal(root, run_id).dir / "plan.json").read_text())
+    except (OSError, ValueError):
+        return Roots(root)
+    other = doc.get("containerd_root") if isinstance(doc, dict) else None
+    if isinstance(other, str) and other.startswith("/"):
+        return Roots(root, {"containerd": Path(other)})
+    return Roots(root)
+
+
+def _perform(roots: Roots, op: Change | PurgeOp, base: str = "") -> Any:
+    if isinstance(op, MoveOp):
+        base = op.base
+    elif isinstance(op, GroupOp):
+        base = op.moves[0].base
+    return perform(str(roots.of(base)), op)
 
 
 DEFAULT_ROOT = Path("/var/lib/docker")
@@ -158,6 +196,10 @@ def start_run(root: Path, plan: Plan, opts: Options) -> RunView:
         safefs.makedirs(str(root), run_dir_rel(run_id) + "/q")
         journal = Journal(root, run_id)
         (journal.dir / "plan.json").write_text(json.dumps(plan.to_dict()) + "\n")
+        checks = _checks(root, opts)
+        for base, other in checks.roots.others.items():  # its quarantine, on its filesystem
+            if any(a.base == base for a in plan.actions):
+                safefs.makedirs(str(other), run_dir_rel(run_id) + "/q")
         _write(
             journal,
             opts,
@@ -192,11 +234,11 @@ def resume_run(root: Path, run_id: str, opts: Options) -> RunView:
         return _apply(root, journal, plan, opts, handled, moved, next_seq, stop)
 
 
-def _place(root: Path, move: MoveOp) -> str | None:
+def _place(roots: Roots, move: MoveOp) -> str | None:
     """Where a move's entry is now, by identity: "dst", "src", or None (neither)."""
     ident = (move.dev, move.ino)
     for where, rel in (("dst", move.dst), ("src", move.src)):
-        st = safefs.lstat_at(str(root), rel)
+        st = safefs.lstat_at(str(roots.of(move.base)), rel)
         if st is not None and (st.st_dev, st.st_ino) == ident:
             return where
     return None
@@ -206,9 +248,22 @@ def settle(root: Path, journal: Journal, view: RunView, opts: Options) -> None:
     """Decide each in-doubt step from the disk: renames happen entirely or not at all.
     A group a crash left half-moved is put back (newest first), so it counts as never
     moved: its parts are quarantined together or not at all."""
+    roots = _checks(root, opts).roots if opts.checks else run_roots(root, view.run_id)
     for step in view.in_doubt:
+        if isinstance(step.op, RecordOp):  # containerd knows whether it happened
+            if opts.checks is None:
+                outcome = "unknown"
+                reason = (
+                    "settled after a crash without asking containerd: the lease may or may "
+                    "not be deleted ('ctr -n moby leases ls' tells; 'apply --resume' asks)"
+                )
+            else:
+                outcome, reason = opts.checks.settle_record(step.op)
+            record = {"type": "done", "seq": step.seq, "outcome": outcome, "reason": reason}
+            _write(journal, opts, record)
+            continue
         moves = moves_of(step.op)
-        places = [_place(root, m) for m in moves]
+        places = [_place(roots, m) for m in moves]
         if all(p == "dst" for p in places):
             outcome, reason = "moved", "settled after a crash: found in quarantine"
         elif all(p == "src" for p in places):
@@ -219,7 +274,7 @@ def settle(root: Path, journal: Journal, view: RunView, opts: Options) -> None:
             # rollback, which puts the whole group back.
             outcome = "partly-moved"
             reason = "settled after a crash: partly in quarantine (roll back, daemon stopped)"
-        elif None not in places and _put_back(root, journal, step, moves, places, opts):
+        elif None not in places and _put_back(roots, journal, step, moves, places, opts):
             outcome = "not-moved"
             reason = "settled after a crash: the half-moved group was put back"
         elif None in places:
@@ -236,7 +291,7 @@ def settle(root: Path, journal: Journal, view: RunView, opts: Options) -> None:
 
 
 def _put_back(
-    root: Path,
+    roots: Roots,
     journal: Journal,
     step: Step,
     moves: tuple[MoveOp, ...],
@@ -250,7 +305,7 @@ def _put_back(
         back = move.reverse()
         _write(journal, opts, {"type": "settle-undo", "seq": step.seq, "op": back.as_dict()})
         try:
-            perform(str(root), back)
+            _perform(roots, back)
         except (safefs.UnsafePath, OSError):
             return False
     return True
@@ -267,19 +322,15 @@ def _apply(
     stop: _Stop,
 ) -> RunView:
     planned_at = _planned_at(plan)
-    watch = None
-    if opts.live:  # the run's start on the filesystem's clock, and the plan's grace period
-        watch = LiveWatch.begin(root, journal.dir, plan.min_age_seconds, opts.live_slack)
-    facts = Facts.read(root, opts.mounts)
+    checks = _checks(root, opts)
+    checks.begin(journal, plan)
     seq = next_seq
     todo = [a for a in plan.actions if a.id not in done]
     for n, action in enumerate(todo, 1):
         if stop.requested:
             _write(journal, opts, stop.record("interrupted"))
             return load(root, journal.run_id)
-        if opts.live and n > 1:
-            facts = facts.current(root, opts.mounts)  # the daemon may have moved on
-        reason = why_not(root, action, facts, moved, planned_at, opts.mounts, watch)
+        reason = checks.why_not(action, moved, planned_at, n)
         if reason:
             _write(
                 journal,
@@ -294,7 +345,7 @@ def _apply(
             )
             opts.progress(f"[{n}/{len(todo)}] kept {action.path}: {reason}")
             continue
-        op = _change(journal.run_id, seq, action)
+        op = checks.record_op(action) or _change(journal.run_id, seq, action)
         _write(
             journal,
             opts,
@@ -308,8 +359,12 @@ def _apply(
                 "op": op.as_dict(),
             },
         )
+        freed: dict[str, object] = {}
         try:
-            perform(str(root), op)
+            if isinstance(op, RecordOp):
+                freed["freed"] = checks.perform_record(op)
+            else:
+                _perform(checks.roots, op)
         except PartlyMoved as exc:  # rollback puts back what is in quarantine
             _write(
                 journal,
@@ -317,7 +372,7 @@ def _apply(
                 {"type": "done", "seq": seq, "outcome": "partly-moved", "reason": str(exc)},
             )
             opts.progress(f"[{n}/{len(todo)}] partly quarantined {action.path}: {exc}")
-        except (safefs.UnsafePath, OSError) as exc:
+        except (safefs.UnsafePath, OSError, DockerGCError) as exc:
             _write(
                 journal,
                 opts,
@@ -325,16 +380,17 @@ def _apply(
                     "type": "done",
                     "seq": seq,
                     "outcome": "not-moved",
-                    "reason": f"move failed: {exc}",
+                    "reason": f"{'failed' if isinstance(op, RecordOp) else 'move failed'}: {exc}",
                 },
             )
             opts.progress(f"[{n}/{len(todo)}] kept {action.path}: {exc}")
         else:
-            _write(journal, opts, {"type": "done", "seq": seq, "outcome": "moved"})
+            outcome = "deleted" if isinstance(op, RecordOp) else "moved"
+            _write(journal, opts, {"type": "done", "seq": seq, "outcome": outcome, **freed})
             moved.add(action.path)
-            if watch:
-                watch.after_own_move(action.path)
-            opts.progress(f"[{n}/{len(todo)}] quarantined {action.path}")
+            checks.after_move(action)
+            did = "deleted through containerd" if outcome == "deleted" else "quarantined"
+            opts.progress(f"[{n}/{len(todo)}] {did} {action.path}")
         seq += 1
     _write(journal, opts, {"type": "end", "state": "applied"})
     return load(root, journal.run_id)
@@ -344,10 +400,13 @@ def _change(run_id: str, seq: int, action: Action) -> Change:
     """The step that quarantines ``action``: one move, or one group with its parts
     (quarantined as q/<seq>, q/<seq>-1, ...)."""
     dst = quarantine_rel(run_id, seq)
-    first = MoveOp(src=action.path, dst=dst, dev=action.dev, ino=action.ino)
+    first = MoveOp(src=action.path, dst=dst, dev=action.dev, ino=action.ino, base=action.base)
     if not action.parts:
         return first
-    rest = (MoveOp(p.path, f"{dst}-{i}", p.dev, p.ino) for i, p in enumerate(action.parts, 1))
+    rest = (
+        MoveOp(p.path, f"{dst}-{i}", p.dev, p.ino, base=action.base)
+        for i, p in enumerate(action.parts, 1)
+    )
     return GroupOp((first, *rest))
 
 
@@ -362,38 +421,41 @@ def rollback_run(root: Path, run_id: str, opts: Options) -> RunView:
             view = load(root, run_id)
         _write(journal, opts, {"type": "rollback-begin"})
         failed = 0
+        roots = run_roots(root, run_id)
         for step in reversed(view.quarantined):
             if stop.requested:
                 _write(
                     journal, opts, {**stop.record("partially-rolled-back"), "type": "rollback-end"}
                 )
                 return load(root, run_id)
-            failed += not _undo(root, journal, step, opts)
+            failed += not _undo(roots, journal, step, opts)
         state = "partially-rolled-back" if failed else "rolled-back"
         _write(journal, opts, {"type": "rollback-end", "state": state})
     return load(root, run_id)
 
 
-def _undo(root: Path, journal: Journal, step: Step, opts: Options) -> bool:
+def _undo(roots: Roots, journal: Journal, step: Step, opts: Options) -> bool:
     """Move one quarantined entry (or group) back; False if it had to stay in quarantine.
     A group comes back whole or not at all: every part is checked before any moves."""
     back = step.op.reverse()
     todo = []
+    root = roots.data
     held = _layer_not_restorable(root, step, opts)
     if held:
         _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": held})
         opts.progress(f"left {step.path} in quarantine: {held}")
         return False
     for move in moves_of(back):
-        place = _place(root, move.reverse())
+        place = _place(roots, move.reverse())
+        home = roots.of(move.base)
         if place == "src":  # never moved, or already put back
             continue
         if place is None:
             reason = f"{move.src} is missing from quarantine; left as it is"
-        elif safefs.lstat_at(str(root), move.dst) is not None:
+        elif safefs.lstat_at(str(home), move.dst) is not None:
             reason = f"{move.dst} exists again; left in quarantine"
         else:
-            reason = mounted_under(root, move.src, opts.mounts) or ""
+            reason = mounted_under(home, move.src, opts.mounts) or ""
             todo.append(move)
         if reason:
             _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": reason})
@@ -402,7 +464,7 @@ def _undo(root: Path, journal: Journal, step: Step, opts: Options) -> bool:
     _write(journal, opts, {"type": "undo-intent", "seq": step.seq, "op": back.as_dict()})
     try:
         for move in todo:
-            perform(str(root), move)
+            _perform(roots, move)
     except (safefs.UnsafePath, OSError) as exc:
         _write(journal, opts, {"type": "undo-skip", "seq": step.seq, "reason": str(exc)})
         return False
@@ -492,30 +554,38 @@ def purge_runs(root: Path, older_than: float, run_id: str | None, opts: Options)
 
 def _purge_one(root: Path, view: RunView, opts: Options, stop: _Stop) -> RunView:
     journal = Journal(root, view.run_id)
+    roots = run_roots(root, view.run_id)
     for step in view.quarantined:
         if stop.requested:
             _write(journal, opts, {**stop.record(view.state), "type": "purge-end"})
             return load(root, view.run_id)
         # A group's parts a crash already purged are gone: purge what is left of it.
-        paths = [m.dst for m in moves_of(step.op) if safefs.lstat_at(str(root), m.dst)]
-        busy = next(filter(None, (mounted_under(root, p, opts.mounts) for p in paths)), None)
+        moves = moves_of(step.op)
+        paths = [(m.base, m.dst) for m in moves if safefs.lstat_at(str(roots.of(m.base)), m.dst)]
+        busy = next(
+            filter(None, (mounted_under(roots.of(b), p, opts.mounts) for b, p in paths)), None
+        )
         if busy:
             _write(journal, opts, {"type": "purge-skip", "seq": step.seq, "reason": busy})
-            opts.progress(f"kept {step.op.dst} in quarantine: {busy}")
+            opts.progress(f"kept {moves[0].dst} in quarantine: {busy}")
             continue
-        ops = [PurgeOp(p) for p in paths]
+        ops = [(b, PurgeOp(p)) for b, p in paths]
         _write(
             journal,
             opts,
-            {"type": "purge-intent", "seq": step.seq, "ops": [op.as_dict() for op in ops]},
+            {
+                "type": "purge-intent",
+                "seq": step.seq,
+                "ops": [{**op.as_dict(), "base": b} for b, op in ops],
+            },
         )
         freed = 0
         try:
-            for op in ops:
-                freed += perform(str(root), op)
+            for b, op in ops:
+                freed += int(_perform(roots, op, b) or 0)
         except (safefs.UnsafePath, OSError) as exc:
             _write(journal, opts, {"type": "purge-skip", "seq": step.seq, "reason": str(exc)})
-            opts.progress(f"could not purge {step.op.dst}: {exc}")
+            opts.progress(f"could not purge {moves[0].dst}: {exc}")
             continue
         _write(journal, opts, {"type": "purge-done", "seq": step.seq, "freed": freed})
     _write(journal, opts, {"type": "purge-end", "state": view.state})

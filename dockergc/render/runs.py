@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dockergc.execute.journal import RunView
+from dockergc.execute.ops import RecordOp
 from dockergc.render.interface import display, human_bytes
 
 
@@ -15,8 +16,9 @@ def run_to_dict(view: RunView) -> dict[str, Any]:
             "kind": s.kind,
             "bytes": s.bytes,
             "outcome": s.status,
+            **({"freed": s.freed} if s.freed is not None else {}),
             "reason": s.reason,
-            "quarantine": s.op.dst,
+            "quarantine": None if isinstance(s.op, RecordOp) else s.op.dst,
         }
         for s in view.steps
     ]
@@ -36,6 +38,7 @@ def run_to_dict(view: RunView) -> dict[str, Any]:
         "state": view.state,
         "mode": view.mode,
         "bytes": view.bytes,
+        "freed_bytes": view.freed_bytes,  # deleted through containerd, measured after
         "purged_bytes": view.purged_bytes,
         "actions": actions,
     }
@@ -47,10 +50,15 @@ def run_summary(view: RunView) -> str:
         f"run {view.run_id}: {view.state}; {len(moved)} item(s) in quarantine "
         f"({human_bytes(sum(s.bytes for s in moved))}), {len(view.skipped)} kept on re-check"
     ]
+    if view.deleted:
+        lines[0] += (
+            f"; {len(view.deleted)} deleted through containerd, "
+            f"{human_bytes(view.freed_bytes)} freed (measured)"
+        )
     for k in view.skipped:
         lines.append(f"  kept {display(str(k.get('path')))}: {k.get('reason')}")
     for s in view.steps:
-        if s.status not in ("moved", "purged", "restored"):
+        if s.status not in ("moved", "purged", "restored", "deleted"):
             lines.append(f"  {s.status} {display(s.path)}: {s.reason}")
     return "\n".join(lines)
 

@@ -17,7 +17,6 @@ from dockergc.store.fsread import parse_json
 
 DEFAULT_ROOT = Path("/var/lib/docker")
 DEFAULT_CONFIG = Path("/etc/docker/daemon.json")
-CONTAINERD_SNAPSHOTS = Path("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs")
 OTHER_DRIVERS = ("aufs", "devicemapper", "btrfs", "zfs", "vfs", "fuse-overlayfs")
 SYSTEM_DIRS = frozenset(
     [
@@ -48,6 +47,7 @@ class DaemonConfig:
     data_root: Path | None
     storage_driver: str | None
     containerd_snapshotter: bool
+    containerd: str | None = None  # the "containerd" key: the socket dockerd talks to
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ def read_daemon_config(path: Path) -> DaemonConfig | None:
         data_root=Path(root) if isinstance(root, str) and root else None,
         storage_driver=driver if isinstance(driver, str) else None,
         containerd_snapshotter=bool(features.get("containerd-snapshotter")),
+        containerd=doc["containerd"] if isinstance(doc.get("containerd"), str) else None,
     )
 
 
@@ -122,20 +123,52 @@ def _config_applies(config: DaemonConfig, root: Path) -> bool:
         return False
 
 
+# What a data root of the containerd image store holds instead of image/ and overlay2/.
+CONTAINERD_STORE_MARKS = ("rootfs/overlayfs", "buildkit/containerd-overlayfs")
+
+
+def _feature_on(args: list[str]) -> bool:
+    """``--feature containerd-snapshotter`` (or ``=true``) on a dockerd command line."""
+    from dockergc.host.detect import DOCKERD_FLAGS
+
+    on = False
+    for name, _typed, value in DOCKERD_FLAGS.parse(args):
+        if name == "--feature":
+            key, _, setting = value.partition("=")
+            if key == "containerd-snapshotter":
+                on = setting.lower() not in ("false", "0")
+    return on
+
+
+def detect_store(
+    root: Path, config: DaemonConfig | None, dockerd_args: list[str] | None = None
+) -> tuple[str, str]:
+    """("overlay2" or "containerd", why) for the root; RefusedError for anything else.
+
+    What the daemon is told wins over what the disk looks like: daemon.json's
+    ``features.containerd-snapshotter``, then a running dockerd's ``--feature`` flag. An
+    upgraded host keeps its old image/overlay2 beside the new store, so the disk alone
+    decides only when nothing says otherwise."""
+    if config and _config_applies(config, root) and config.containerd_snapshotter:
+        return "containerd", f"{config.path} enables features.containerd-snapshotter"
+    if dockerd_args and _feature_on(dockerd_args):
+        return "containerd", "the running dockerd has --feature containerd-snapshotter"
+    if not (root / "image" / "overlay2").is_dir():
+        marks = [m for m in CONTAINERD_STORE_MARKS if (root / m).is_dir()]
+        if marks and not any((root / "image" / d).is_dir() for d in OTHER_DRIVERS):
+            return "containerd", f"no image/overlay2; {marks[0]}/ is there"
+    check_overlay2_root(root, config)
+    return "overlay2", "image/overlay2 and overlay2/ are there"
+
+
 def check_overlay2_root(root: Path, config: DaemonConfig | None) -> None:
     """Raise RefusedError unless ``root`` is an overlay2 graphdriver root."""
-    if config and _config_applies(config, root):
-        if config.containerd_snapshotter:
-            raise RefusedError(
-                f"refusing {root}: {config.path} enables the containerd image store "
-                "(features.containerd-snapshotter); images live under /var/lib/containerd, "
-                "which dockergc does not manage"
-            )
-        if config.storage_driver and config.storage_driver != "overlay2":
-            raise RefusedError(
-                f"refusing {root}: {config.path} sets storage-driver "
-                f"{config.storage_driver!r}; dockergc understands overlay2 only"
-            )
+    driver = config.storage_driver if config and _config_applies(config, root) else None
+    if config and driver and driver != "overlay2":
+        raise RefusedError(
+            f"refusing {root}: {config.path} sets storage-driver "
+            f"{driver!r}; dockergc understands overlay2 only"
+        )
     has_overlay_images = (root / "image" / "overlay2").is_dir()
     if not has_overlay_images:
         for driver in OTHER_DRIVERS:
@@ -144,13 +177,6 @@ def check_overlay2_root(root: Path, config: DaemonConfig | None) -> None:
                     f"refusing {root}: its storage driver is {driver} (image/{driver}); "
                     "dockergc understands overlay2 only"
                 )
-        containerd_dirs = (root / "containerd", CONTAINERD_SNAPSHOTS)
-        if any(d.is_dir() for d in containerd_dirs):
-            raise RefusedError(
-                f"refusing {root}: no image/overlay2 here; this looks like the containerd "
-                "image store (Docker Engine 29+ default), whose images live under "
-                f"{root}/containerd or /var/lib/containerd"
-            )
         raise RefusedError(
             f"refusing {root}: no image/overlay2 metadata; not an overlay2 Docker data root"
         )

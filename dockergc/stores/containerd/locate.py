@@ -1,0 +1,191 @@
+"""Which containerd a containerd-store dockerd uses: its socket, its root, and proof that
+the two belong together.
+
+The socket and the root are named in different places (dockerd's ``--containerd`` flag or
+daemon.json ``containerd``; containerd's config.toml ``root``), and a wrong pair would make
+dockergc read one containerd's records and act through another. So the pair is checked:
+containerd writes a UUID into ``<root>/io.containerd.grpc.v1.introspection/uuid`` and
+reports the same UUID over its API (``ctr version``); they must match before anything is
+changed through that socket.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dockergc.errors import RefusedError, RootError, UsageError
+from dockergc.host.detect import CONTAINERD_CONFIG, DOCKERD_FLAGS, PROC, _containerd_spec
+from dockergc.host.procfs import GONE, Proc, flag
+from dockergc.stores.containerd.records import METADATA_DIR
+
+DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
+DEFAULT_ROOT = Path("/var/lib/containerd")
+DEFAULT_CONFIG = Path("/etc/containerd/config.toml")
+UUID_FILE = "io.containerd.grpc.v1.introspection/uuid"
+
+
+@dataclass(frozen=True)
+class ContainerdTarget:
+    address: str
+    address_source: str  # "--containerd-address", "dockerd --containerd", ...
+    root: Path  # resolved
+    root_source: str
+    ctr: str  # the ctr binary every change goes through
+
+    def describe(self) -> str:
+        return (
+            f"containerd at {self.address} ({self.address_source}), "
+            f"root {self.root} ({self.root_source})"
+        )
+
+
+def read_containerd_config(path: Path) -> dict[str, object] | None:
+    """containerd's config.toml; missing is None, unreadable or malformed is a usage error
+    naming the file (the operator's file: a symlink to it is followed)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read((1 << 20) + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"containerd config {path} cannot be read: {exc.strerror}") from exc
+    if len(data) > 1 << 20:
+        raise UsageError(f"containerd config {path} is over 1 MiB; not a config.toml")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"containerd config {path} is not valid TOML: {exc}") from exc
+
+
+def containerd_flag(
+    dockerd_args: list[str] | None, daemon_json: dict[str, object] | None
+) -> tuple[str, str] | None:
+    """(socket, where it is named) from a dockerd command line, then daemon.json."""
+    if dockerd_args:
+        found = DOCKERD_FLAGS.last(dockerd_args, "--containerd")
+        if found and found[0]:
+            return found[0], f"dockerd {found[1]}"
+    named = (daemon_json or {}).get("containerd")
+    if isinstance(named, str) and named:
+        return named, "daemon.json containerd"
+    return None
+
+
+def locate_containerd(
+    *,
+    address: str | None,
+    root: Path | None,
+    config: Path | None,
+    ctr: str | None,
+    dockerd_args: list[str] | None = None,
+    daemon_json: dict[str, object] | None = None,
+) -> ContainerdTarget:
+    """The socket and root from flags, else from what dockerd and containerd's config say,
+    else containerd's defaults. Nothing is checked against the running containerd here
+    (``check_identity`` does that before any change)."""
+    if address:
+        addr, addr_source = address, "--containerd-address"
+    else:
+        addr, addr_source = containerd_flag(dockerd_args, daemon_json) or (
+            DEFAULT_ADDRESS,
+            "default",
+        )
+    if root is not None:
+        chosen, root_source = root, "--containerd-root"
+    else:
+        cfg_path = config or DEFAULT_CONFIG
+        doc = read_containerd_config(cfg_path)
+        named = doc.get("root") if doc else None
+        if isinstance(named, str) and named:
+            chosen, root_source = Path(named), f"root in {cfg_path}"
+        elif config is not None and doc is None:
+            raise UsageError(f"containerd config {config} does not exist")
+        else:
+            chosen, root_source = DEFAULT_ROOT, "default"
+    if not chosen.is_absolute():
+        raise UsageError(f"containerd root {chosen} ({root_source}) is not an absolute path")
+    if not chosen.is_dir():
+        raise RootError(
+            f"containerd root {chosen} ({root_source}) does not exist",
+            hint="pass --containerd-root DIR or --containerd-config FILE",
+        )
+    resolved = Path(os.path.realpath(chosen))
+    if not (resolved / METADATA_DIR).is_dir():
+        raise RefusedError(
+            f"refusing {resolved} ({root_source}): no {METADATA_DIR}/ here; not a containerd root",
+            hint="pass --containerd-root DIR (containerd's 'root' in its config.toml)",
+        )
+    if not addr.startswith("/"):
+        addr = addr.removeprefix("unix://")
+    tool = ctr or ctr_beside(resolved) or shutil.which("ctr") or ""
+    return ContainerdTarget(addr, addr_source, resolved, root_source, tool)
+
+
+def _containerds() -> Iterator[tuple[Proc, str, list[str]]]:
+    """(process, executable, arguments) of each running containerd."""
+    for entry in os.scandir(PROC):
+        if not entry.name.isdigit():
+            continue
+        try:
+            p = Proc(PROC, int(entry.name))
+            exe = p.exe()
+            if os.path.basename(exe) == "containerd":
+                yield p, exe, p.cmdline()[1:]
+        except (*GONE, OSError):
+            continue
+
+
+def ctr_beside(root: Path) -> str | None:
+    """The ``ctr`` installed beside the running containerd whose root is ``root``: the
+    client of the same release as the server. None if no such containerd runs."""
+    target = os.stat(root)
+    for p, exe, args in _containerds():
+        try:
+            st = os.stat(p.where(p.resolve(_containerd_spec(p, args)[0])))
+        except (*GONE, OSError):
+            continue
+        tool = os.path.join(os.path.dirname(exe), "ctr")
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino) and os.access(tool, os.X_OK):
+            return tool
+    return None
+
+
+def root_serving(address: str) -> tuple[Path, str] | None:
+    """(root as seen here, where it is named) of the running containerd listening on
+    ``address``: its --address, else grpc.address in its config, else the default. None
+    if no running containerd listens there."""
+    try:
+        want = os.stat(address.removeprefix("unix://"))
+    except OSError:
+        return None
+    for p, _exe, args in _containerds():
+        try:
+            raw = p.read_config(flag(args, "--config", "-c") or CONTAINERD_CONFIG)
+            grpc = tomllib.loads(raw.decode()).get("grpc") if raw else None
+            named = grpc.get("address") if isinstance(grpc, dict) else None
+            sock = flag(args, "--address", "-a") or str(named or DEFAULT_ADDRESS)
+            st = os.stat(p.where(p.resolve(sock)))
+            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+                root, how = _containerd_spec(p, args)
+                return Path(p.where(p.resolve(root))), f"{how} of containerd {p.pid} at {address}"
+        except GONE:  # gone, unreadable, or a config that is not TOML
+            continue
+    return None
+
+
+def root_uuid(root: Path) -> str | None:
+    """The UUID containerd wrote under its root, or None if there is none to read."""
+    try:
+        fd = os.open(root / UUID_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 128).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    return text or None
