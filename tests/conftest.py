@@ -60,13 +60,14 @@ def engine(request: pytest.FixtureRequest) -> Iterator[tuple[Engine, dict[str, s
         e.destroy()
 
 
-@pytest.fixture(scope="session")
-def ctd_engine() -> Iterator[tuple[Engine, Any]]:
+@pytest.fixture(scope="session", params=["28.5"])
+def ctd_engine(request: pytest.FixtureRequest) -> Iterator[tuple[Engine, Any]]:
     """One real dockerd 28.5 on the containerd image store for the session, populated once
-    (tests/ctd_state.py); tests that stop or break it leave it running and whole."""
+    (tests/ctd_state.py); tests that stop or break it leave it running and whole. (The
+    version is a parameter so that the skip logic knows which engine it needs.)"""
     from tests.ctd_state import populate
 
-    e = Engine(version="28.5", store="containerd")
+    e = Engine(version=request.param, store="containerd")
     try:
         e.start()
         yield e, populate(e)

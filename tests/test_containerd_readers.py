@@ -9,7 +9,6 @@ import random
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -567,24 +566,9 @@ def _ctr_view(e: Any, ns: str) -> tuple[set[tuple[str, str, str]], set[str], set
     return snaps, content, leases
 
 
-@pytest.fixture(scope="module", params=["28.5"])
-def ctd_engine(request: pytest.FixtureRequest) -> Iterator[Any]:
-    from tests.engine import Engine
-
-    e = Engine(version=request.param, store="containerd")
-    try:
-        e.start()
-        e.import_base()
-        e.run("run", "--network", "none", "-d", "--name", "c1", "base:1", "sleep", "1000")
-        e.build("bk:1", "FROM base:1\nRUN echo hi > /x\n", buildkit=True)
-        yield e
-    finally:
-        e.destroy()
-
-
 @pytest.mark.engine
 def test_readers_agree_with_ctr_on_a_real_root(ctd_engine: Any) -> None:
-    e = ctd_engine
+    e, _ = ctd_engine  # the session's engine: builds, a volume, a running container
     root = e.ctd_dir / "root"
     for _attempt in range(5):  # BuildKit drops temporary leases: read between two equal views
         before = {ns: _ctr_view(e, ns) for ns in ("moby", "moby_history")}
@@ -612,7 +596,7 @@ def test_readers_agree_with_ctr_on_a_real_root(ctd_engine: Any) -> None:
     assert {r.id for r in backend.records} <= set(backend.dirs)
     # dockerd's container: its lease holds its rw snapshot and -init, and its
     # containerd record names no snapshot
-    cid = e.run("inspect", "-f", "{{.Id}}", "c1").stdout.strip()
+    cid = e.run("inspect", "-f", "{{.Id}}", "c_running").stdout.strip()
     lease = next(lease for lease in meta.leases if lease.id == cid)
     assert set(lease.snapshots) == {(OVERLAYFS, cid), (OVERLAYFS, f"{cid}-init")}
     ctr_rec = next(c for c in meta.containers if c.id == cid)
