@@ -11,7 +11,19 @@ from typing import Annotated
 import typer
 
 from dockergc import daemon
-from dockergc.cli.app import JsonOpt, app, confirm, emit, say, settings
+from dockergc.api import ContainerdFlags
+from dockergc.cli.app import (
+    CtdAddressOpt,
+    CtdConfigOpt,
+    CtdRootOpt,
+    JsonOpt,
+    app,
+    confirm,
+    emit,
+    say,
+    settings,
+)
+from dockergc.config import Setting
 from dockergc.errors import EXIT_ERROR, RefusedError, UsageError
 from dockergc.lock import exclusive
 from dockergc.prune.executor import run_prune
@@ -112,6 +124,9 @@ def prune(
         Path | None,
         typer.Option(help="Data root as seen here [default: the daemon's DockerRootDir]."),
     ] = None,
+    containerd_address: CtdAddressOpt = None,
+    containerd_root: CtdRootOpt = None,
+    containerd_config: CtdConfigOpt = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="List what would go and what it frees; change nothing."),
@@ -140,6 +155,9 @@ def prune(
         prune_keep_containers=keep_container,
         prune_high_watermark=high_watermark,
         prune_low_watermark=low_watermark,
+        containerd_address=containerd_address,
+        containerd_root=str(containerd_root) if containerd_root else None,
+        containerd_config=str(containerd_config) if containerd_config else None,
     )
     policy = policy_from_settings(s, time.time())
     if not policy.selects_anything:
@@ -152,7 +170,13 @@ def prune(
     client = daemon.engine_client(engine)
     with daemon.engine_errors(engine):
         wanted = policy.volumes or policy.volumes_all
-        facts = read_engine_facts(client, root, wanted, named_volumes=policy.volumes_all)
+        facts = read_engine_facts(
+            client,
+            root,
+            wanted,
+            named_volumes=policy.volumes_all,
+            containerd=_containerd(s),
+        )
     plan = make_prune_plan(facts, policy)
     if dry_run or not plan.items:
         emit(json, plan.to_dict(), prune_plan_text(plan))
@@ -167,6 +191,18 @@ def prune(
     emit(json, result.to_dict(), prune_result_text(result))
     if result.count("error"):
         raise typer.Exit(EXIT_ERROR)
+
+
+def _containerd(s: dict[str, Setting]) -> ContainerdFlags:
+    """Where the containerd image store's containerd is, as flags or the config file
+    name it (the default config path is only a default: the running containerd's own
+    config comes first then)."""
+    root, config = s["containerd_root"], s["containerd_config"]
+    return ContainerdFlags(
+        address=s["containerd_address"].value,
+        root=Path(root.value) if root.value else None,
+        config=Path(config.value) if config.source != "default" else None,
+    )
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:

@@ -9,6 +9,7 @@ when every record built on it goes too, and records go children first.
 
 from __future__ import annotations
 
+from dockergc.prune.ctdgraph import Ledger
 from dockergc.prune.facts import CacheRecord, EngineFacts
 
 
@@ -21,7 +22,11 @@ def last_used(record: CacheRecord) -> float:
 
 
 class CacheSet:
-    def __init__(self, facts: EngineFacts) -> None:
+    def __init__(self, facts: EngineFacts, ledger: Ledger | None = None) -> None:
+        """``ledger``: the containerd store's references; a record's bytes are then what
+        releasing its leases frees (its snapshot, and blobs no image holds)."""
+        self.ledger = ledger
+        self.bytes: dict[str, int] = {}  # with a ledger: what each removed record frees
         self.by_id = {r.id: r for r in facts.cache}
         self.children: dict[str, set[str]] = {}
         for record in facts.cache:
@@ -29,14 +34,21 @@ class CacheSet:
                 self.children.setdefault(parent, set()).add(record.id)
         self.removed: dict[str, str] = {}  # id -> rule, in the order chosen
 
-    @staticmethod
-    def frees(record: CacheRecord) -> int:
+    def frees(self, record: CacheRecord) -> int:
         """Bytes pruning it frees: a shared record's data is an image layer's too."""
+        if self.ledger is not None:
+            return self.bytes.get(record.id, 0)
         return 0 if record.shared else record.size
 
     @property
     def freed(self) -> int:
         return sum(self.frees(self.by_id[r]) for r in self.removed)
+
+    def _take(self, record_id: str, rule: str) -> int:
+        self.removed[record_id] = rule
+        if self.ledger is not None:
+            self.bytes[record_id] = self.ledger.release_item("build-cache", record_id)
+        return self.frees(self.by_id[record_id])
 
     def staying_children(self, record_id: str, going: set[str]) -> set[str]:
         return self.children.get(record_id, set()) - going
@@ -57,7 +69,7 @@ class CacheSet:
                     changed = True
         for record in sorted(self.by_id.values(), key=last_used):
             if record.id in going:
-                self.removed[record.id] = rule
+                self._take(record.id, rule)
         return sorted(kept.items())
 
     def evict(self, record_id: str, rule: str) -> int | None:
@@ -70,17 +82,18 @@ class CacheSet:
             rid = pending.pop()
             if not self._evictable(rid):
                 continue
-            self.removed[rid] = rule
-            freed += self.frees(self.by_id[rid])
+            freed += self._take(rid, rule)
             pending.extend(p for p in self.by_id[rid].parents if p in self.by_id)
         return freed
 
     def _evictable(self, record_id: str) -> bool:
         record = self.by_id[record_id]
+        # Shared: on overlay2 its data is an image layer's, it frees nothing; with a
+        # ledger it may free its own snapshot, and goes like any other record.
         return not (
             record_id in self.removed
             or record.in_use
-            or record.shared
+            or (record.shared and self.ledger is None)
             or self.staying_children(record_id, set(self.removed))
         )
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from dockergc.execute.journal import Journal, new_run_id
 from dockergc.lock import STATE_DIR
+from dockergc.prune.ctdread import disk_bytes, settled_disk_bytes
 from dockergc.prune.facts import LOCAL_DRIVER, daemon_usage, parse_time
 from dockergc.prune.plan import REMOVABLE_STATES, PruneItem, PrunePlan
 
@@ -73,6 +74,14 @@ class PruneResult:
     # so theirs are our measure (allocated bytes) of the ones planned and removed.
     planned_volume_bytes: int = 0
     volume_bytes: int = 0
+    # What freed_bytes is: the daemon's accounting, or (containerd image store) the disk.
+    measured_by: str = "daemon"
+
+    @property
+    def freed_source(self) -> str:
+        if self.measured_by == "disk":
+            return "measured on disk (containerd's content and snapshots, containers/)"
+        return "the daemon's accounting"
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -84,6 +93,7 @@ class PruneResult:
             "freed_bytes": self.freed_bytes,
             "planned_volume_bytes": self.planned_volume_bytes,
             "volume_bytes": self.volume_bytes,
+            **({"freed_measured_by": "disk"} if self.measured_by == "disk" else {}),
             "outcomes": [
                 {
                     **o.item.as_dict(),
@@ -263,6 +273,13 @@ def run_prune(
     result = PruneResult(run_id, planned_bytes=plan.bytes - volumes, planned_volume_bytes=volumes)
     df = client.df()
     before = daemon_usage(df)
+    # On the containerd image store the daemon's LayersSize adds apparent blob sizes and
+    # every snapshot's usage (containers' too, which SizeRw counts again) and image
+    # deletes report nothing reclaimed: what was freed is measured on disk instead.
+    ctd = (Path(plan.ctd_root), root) if plan.ctd_root else None
+    if ctd:
+        result.measured_by = "disk"
+        disk_before = disk_bytes(*ctd)
     run = RunContext(journal, frozenset(str(r["ID"]) for r in df.get("BuildCache") or []))
     journal.append(
         {
@@ -303,6 +320,8 @@ def run_prune(
         progress(f"{label}: {outcome.status}{': ' + outcome.detail if outcome.detail else ''}")
     after = daemon_usage(client.df())
     result.freed_bytes = before - after
+    if ctd:
+        result.freed_bytes = disk_before - settled_disk_bytes(*ctd)
     journal.append(
         {
             "type": "end",

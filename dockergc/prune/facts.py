@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dockergc.prune.ctdgraph import CtdGraph
 from dockergc.store.ids import chain_ids
 
 # The API's zero time for "never" (FinishedAt of a container that never ran).
@@ -98,6 +99,10 @@ class EngineFacts:
     disk_used: int
     volumes: tuple[EngineVolume, ...] = ()
     layers_size: int = 0  # the daemon's LayersSize (system df): all image layers, once
+    # The containerd image store: containerd's root, and what its records keep (bytes
+    # come from this graph, not from layer_sizes, which is then empty).
+    ctd_root: str | None = None
+    ctd: CtdGraph | None = None
 
 
 def parse_time(value: object) -> float | None:

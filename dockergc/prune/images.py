@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from dockergc.prune.ctdgraph import Ledger
 from dockergc.prune.facts import EngineContainer, EngineFacts, EngineImage
 
 
@@ -30,8 +31,15 @@ def depth(image: EngineImage, by_id: dict[str, EngineImage]) -> int:
 
 
 class ImageSet:
-    def __init__(self, facts: EngineFacts, in_use: dict[str, str], kept: dict[str, str]) -> None:
-        """``in_use`` and ``kept``: image id -> why it must stay."""
+    def __init__(
+        self,
+        facts: EngineFacts,
+        in_use: dict[str, str],
+        kept: dict[str, str],
+        ledger: Ledger | None = None,
+    ) -> None:
+        """``in_use`` and ``kept``: image id -> why it must stay. ``ledger``: the
+        containerd store's references (bytes come from it instead of layer refcounts)."""
         self.by_id = {i.id: i for i in facts.images}
         self.children: dict[str, set[str]] = {}
         for image in facts.images:
@@ -40,6 +48,7 @@ class ImageSet:
         self.refs: Counter[str] = Counter(c for i in facts.images for c in i.chains)
         self.sizes = facts.layer_sizes
         self.in_use, self.kept = in_use, kept
+        self.ledger = ledger
         self.removed: dict[str, tuple[str, int]] = {}  # id -> (rule, bytes), in order
 
     @property
@@ -63,6 +72,8 @@ class ImageSet:
             self.refs[chain] -= 1
             if self.refs[chain] == 0:
                 freed += self.sizes.get(chain, 0)
+        if self.ledger is not None:
+            freed = self.ledger.release_item("image", image_id)
         self.removed[image_id] = (rule, freed)
         parent = self.by_id[image_id].parent
         if parent in self.by_id and parent not in self.removed:

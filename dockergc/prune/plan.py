@@ -11,10 +11,11 @@ pressure.py; this module puts it together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dockergc.prune.cache import CacheSet, cache_name
+from dockergc.prune.ctdgraph import CtdGraph, Ledger
 from dockergc.prune.facts import EngineContainer, EngineFacts, EngineImage
 from dockergc.prune.images import ImageSet, depth, last_used
 from dockergc.prune.policy import PrunePolicy
@@ -55,6 +56,11 @@ class PrunePlan:
     disk_total: int
     disk_used: int
     notes: tuple[str, ...] = field(default=())
+    ctd_root: str | None = None  # the containerd image store: containerd's root
+
+    @property
+    def store(self) -> str:
+        return "containerd" if self.ctd_root else "overlay2"
 
     @property
     def bytes(self) -> int:
@@ -78,6 +84,7 @@ class PrunePlan:
             "totals": {"items": len(self.items), "bytes": self.bytes, "by_kind": self.totals()},
             "disk": {"total": self.disk_total, "used": self.disk_used},
             "notes": list(self.notes),
+            **({"store": self.store, "containerd_root": self.ctd_root} if self.ctd_root else {}),
         }
 
 
@@ -122,9 +129,19 @@ def make_prune_plan(facts: EngineFacts, policy: PrunePolicy) -> PrunePlan:
     for c in facts.containers:
         users.setdefault(c.image_id, []).append(c)
 
+    # On the containerd store every byte comes from containerd's references: the
+    # containers go first, then what only they held can go with the images.
+    ledger = Ledger(facts.ctd) if facts.ctd else None
+    if ledger:
+        for gone_id in gone:
+            ledger.release_item("container", gone_id)
+
     # Images by the age rules.
     images = ImageSet(
-        facts, in_use=_images_in_use(facts, policy, gone), kept=_kept_images(facts, policy)
+        facts,
+        in_use=_images_in_use(facts, policy, gone),
+        kept=_kept_images(facts, policy),
+        ledger=ledger,
     )
     used_at = {i.id: last_used(i, users.get(i.id, [])) for i in facts.images}
 
@@ -149,7 +166,7 @@ def make_prune_plan(facts: EngineFacts, policy: PrunePolicy) -> PrunePlan:
             consider(image, f"unused image, last used over {_span(limit)} ago")
 
     # Build cache by age; volumes; then disk pressure on top of all that.
-    cache = CacheSet(facts)
+    cache = CacheSet(facts, ledger)
     kept_cache: list[tuple[str, str]] = []
     if policy.cache_older_than is not None:
         rule = f"build cache unused for over {_span(policy.cache_older_than)}"
@@ -157,6 +174,8 @@ def make_prune_plan(facts: EngineFacts, policy: PrunePolicy) -> PrunePlan:
     volumes, kept_volumes = plan_volumes(facts, policy, gone, now)
     other = sum(i.bytes for i in containers) + sum(v.bytes or 0 for v, _, _ in volumes)
     notes = relieve(facts, policy, images, cache, used_at, other)
+    if facts.ctd:
+        notes = [*facts.ctd.findings, *notes]
     for rid, why in kept_cache:  # unless pressure took it after all that it carried
         if rid not in cache.removed:
             kept.append(("build-cache", cache_name(cache.by_id[rid]), why))
@@ -170,22 +189,41 @@ def make_prune_plan(facts: EngineFacts, policy: PrunePolicy) -> PrunePlan:
         items.append(PruneItem("image", image.id, names, age, freed, rule, image.parent))
     for record, rule in cache.children_first():
         age = int(now - (record.last_used or record.created))
-        if record.shared:
+        if record.shared and not ledger:
             rule += " (its data is shared with an image: frees nothing)"
         name = cache_name(record)
         items.append(PruneItem("build-cache", record.id, (name,), age, cache.frees(record), rule))
     for volume, rule, age in volumes:
         items.append(PruneItem("volume", volume.name, (volume.name,), age, volume.bytes or 0, rule))
 
+    if facts.ctd:
+        items = _in_plan_order(facts.ctd, items)
     return PrunePlan(
         created=now,
         root=facts.root,
+        ctd_root=facts.ctd_root,
         items=tuple(items),
         kept=tuple(kept),
         disk_total=facts.disk_total,
         disk_used=facts.disk_used,
         notes=tuple(notes),
     )
+
+
+def _in_plan_order(graph: CtdGraph, items: list[PruneItem]) -> list[PruneItem]:
+    """Each item's bytes as the daemon will free them, removed in the plan's order: a
+    blob or snapshot two items hold is counted for the one that goes last."""
+    ledger = Ledger(graph)
+    out = []
+    for item in items:
+        if item.kind == "volume":
+            out.append(item)
+        elif item.kind == "container":  # its own snapshots and dir: measured already
+            ledger.release_item(item.kind, item.id)
+            out.append(item)
+        else:
+            out.append(replace(item, bytes=ledger.release_item(item.kind, item.id)))
+    return out
 
 
 def _kept_images(facts: EngineFacts, policy: PrunePolicy) -> dict[str, str]:

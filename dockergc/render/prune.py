@@ -56,7 +56,7 @@ def prune_result_text(result: PruneResult) -> str:
         )
     lines.append(
         f"prune run {result.run_id}: removed {removed} of {len(result.outcomes)}; planned "
-        f"{human_bytes(result.planned_bytes)}, the daemon freed {human_bytes(result.freed_bytes)}"
-        + volumes
+        f"{human_bytes(result.planned_bytes)}, freed {human_bytes(result.freed_bytes)} "
+        f"({result.freed_source})" + volumes
     )
     return "\n".join(lines)
