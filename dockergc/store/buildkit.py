@@ -17,14 +17,13 @@ from __future__ import annotations
 import errno
 import os
 import re
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from dockergc.store import bbolt
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, open_dir_in, scan_fd
+from dockergc.store.fsread import UnreadableFile, open_dir_in, open_regular, scan_fd
 from dockergc.store.ids import is_digest
 
 BUILDKIT = Path("buildkit")
@@ -39,18 +38,6 @@ class BuildkitStore:
     files: tuple[str, ...]
     unreadable: tuple[str, ...]  # db files we could not read: keep everything
     findings: tuple[Finding, ...]
-
-
-def _open(name: str, dir_fd: int) -> int:
-    """An fd for a regular file in buildkit/, never through a symlink; the caller closes it."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnreadableFile("not-a-file", "is not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 # Bytes that can be part of a 64-hex run map to "h", the rest to ".": a chunk with no
@@ -163,7 +150,7 @@ def _read_files(
             continue
         rel = BUILDKIT / entry.name
         try:
-            fd = _open(entry.name, bfd)
+            fd = open_regular(entry.name, bfd)
         except (UnreadableFile, OSError) as exc:
             unreadable.append(str(rel))
             findings.append(Finding(str(rel), "unreadable", f"BuildKit records unreadable: {exc}"))

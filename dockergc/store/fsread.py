@@ -41,11 +41,11 @@ def open_dir(path: Path | str, dir_fd: int | None = None) -> int | None:
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def read_bytes(
-    path: Path | str, limit: int = MAX_METADATA_BYTES, dir_fd: int | None = None
-) -> bytes:
-    """Read a regular file without following a symlink in its last component
-    (relative to ``dir_fd`` when given: the cheap and race-free way inside a layer dir)."""
+def open_regular(path: Path | str, dir_fd: int | None = None) -> int:
+    """An fd for a regular file, never through a symlink in its last component (relative
+    to ``dir_fd`` when given), non-blocking (a FIFO planted there cannot stall a read);
+    ``UnreadableFile`` (missing, symlink, not-a-file, unreadable) otherwise. The caller
+    closes it."""
     try:
         fd = os.open(
             path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
@@ -57,9 +57,22 @@ def read_bytes(
             raise UnreadableFile("symlink", "is a symlink, not a file") from exc
         raise UnreadableFile("unreadable", f"cannot open: {exc.strerror}") from exc
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UnreadableFile("not-a-file", "is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bytes(
+    path: Path | str, limit: int = MAX_METADATA_BYTES, dir_fd: int | None = None
+) -> bytes:
+    """Read a regular file without following a symlink in its last component
+    (relative to ``dir_fd`` when given: the cheap and race-free way inside a layer dir)."""
+    fd = open_regular(path, dir_fd)
+    try:
+        st = os.fstat(fd)
         size = st.st_size
         if size > limit:
             raise UnreadableFile("too-large", f"is {size} bytes, over the {limit} limit")

@@ -26,9 +26,7 @@ and whoever plans from it must keep everything.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ from typing import TypeVar
 
 from dockergc.store import bbolt
 from dockergc.store.findings import Finding
-from dockergc.store.fsread import UnreadableFile, open_dir_in
+from dockergc.store.fsread import UnreadableFile, open_dir_in, open_regular
 from dockergc.stores.containerd.records import (
     METADATA_DIR,
     Blob,
@@ -239,25 +237,9 @@ def open_db(ctd_root: Path, rel_dir: str, name: str) -> int:
     symlink; ``UnreadableFile`` (kind: missing, symlink, not-a-file, unreadable) if not."""
     dfd = open_dir_in(ctd_root, rel_dir)
     try:
-        try:
-            fd = os.open(
-                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd
-            )
-        except FileNotFoundError as exc:
-            raise UnreadableFile("missing", "is missing") from exc
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnreadableFile("symlink", "is a symlink; not followed") from exc
-            raise UnreadableFile("unreadable", f"cannot open: {exc.strerror}") from exc
+        return open_regular(name, dfd)
     finally:
         os.close(dfd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnreadableFile("not-a-file", "is not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def read_tree(ctd_root: Path, rel_dir: str, name: str) -> bbolt.Bucket:
