@@ -372,6 +372,16 @@ def _after_restart(e: Engine, before: set[str]) -> list[str]:
     return sorted(set(read_leases(e)) - before)
 
 
+def _start_load(e: Engine, tar: Path) -> subprocess.Popen[bytes]:
+    """``docker load -i tar`` in the background, its output discarded."""
+    return subprocess.Popen(
+        e.docker_argv("load", "-i", str(tar)),
+        env=e.bins.client_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def crash_load(e: Engine, tar: Path, phase: str = "unpack", after: int = 2) -> list[str]:
     """SIGKILL dockerd while it loads ``tar`` (``random_image_tar``), once ``after`` new
     blobs are in the content store (``phase="import"``) or ``after`` new snapshot dirs
@@ -381,12 +391,7 @@ def crash_load(e: Engine, tar: Path, phase: str = "unpack", after: int = 2) -> l
     before = set(read_leases(e))
     count = blob_files if phase == "import" else snapshot_dirs
     start = len(count(e))
-    client = subprocess.Popen(
-        e.docker_argv("load", "-i", str(tar)),
-        env=e.bins.client_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    client = _start_load(e, tar)
     try:
         _wait_for(lambda: len(count(e)) >= start + after, 120, f"{after} new {phase} items")
         kill_dockerd(e)
@@ -401,12 +406,7 @@ def interrupt_load_client(e: Engine, tar: Path, after: int = 3) -> list[str]:
     because containerd's client deletes it with the cancelled request context)."""
     before = set(read_leases(e))
     start = len(blob_files(e))
-    client = subprocess.Popen(
-        e.docker_argv("load", "-i", str(tar)),
-        env=e.bins.client_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    client = _start_load(e, tar)
     try:
         _wait_for(lambda: len(blob_files(e)) >= start + after, 120, f"{after} new blobs")
         client.send_signal(signal.SIGINT)
@@ -451,12 +451,7 @@ def crash_containerd_load(e: Engine, tar: Path, after: int = 2) -> list[str]:
     the ids of the leases left."""
     before = set(read_leases(e))
     start = len(snapshot_dirs(e))
-    client = subprocess.Popen(
-        e.docker_argv("load", "-i", str(tar)),
-        env=e.bins.client_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    client = _start_load(e, tar)
     try:
         _wait_for(lambda: len(snapshot_dirs(e)) >= start + after, 120, "snapshots")
         kill_containerd(e)
