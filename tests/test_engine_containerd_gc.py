@@ -69,9 +69,13 @@ def test_crash_leftovers_are_found_freed_and_the_engine_still_works(
     assert expected, f"the crashes left no load lease: {left}"
     held = {d for i in expected for d in leases[i].content}
 
+    # Another client of the shared containerd (a kubelet's namespace): never acted on,
+    # though its lease looks just like an abandoned load's.
+    cs.ctr(e, "leases", "create", "--id", "kubelet-pull", "--expires", "24h", namespace="k8s.io")
     cs.stop_dockerd(e)
     plan = plan_json(e, "--min-age", "0")
     assert plan["store"] == "containerd"
+    assert any("k8s.io" in n and "never acted on" in n for n in plan["notes"]), plan["notes"]
     assert lease_actions(plan) == expected, plan
     assert not lease_actions(plan) & (baseline.leases | build_left)
     assert not [k for k in plan["kept"] if k["path"].split("/")[-1] in expected]
@@ -88,6 +92,7 @@ def test_crash_leftovers_are_found_freed_and_the_engine_still_works(
     )
     after = cs.read_leases(e)
     assert not expected & set(after)
+    assert "kubelet-pull" in cs.ctr(e, "leases", "ls", "-q", namespace="k8s.io").split()
     assert {i for i in leases if i not in expected} <= set(after)  # every other lease stays
     # containerd's GC ran before gc returned: no blob is left without a content record,
     # and what only the deleted leases held is gone.

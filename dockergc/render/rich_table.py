@@ -20,6 +20,13 @@ KIND_STYLE = {
     "dangling-link": "yellow",
     "removing-layer": "cyan",
     "write-set": "cyan",
+    "unreferenced-layer": "red",
+    "stale-lease": "bold red",  # deleted through containerd: cannot be put back
+    "containerd-gc": "cyan",
+    "orphan-snapshot": "red",
+    "stale-ingest": "cyan",
+    "orphan-rootfs": "magenta",
+    "gone-container": "magenta",
 }
 
 
