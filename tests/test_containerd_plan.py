@@ -1013,3 +1013,18 @@ def test_ingest_without_expiry_is_no_root() -> None:
     g = mark(w.facts().meta, NOW)
     assert g.ingests[(MOBY, "up")].by == ("lease", "load")
     assert g.blobs[(MOBY, dg("wanted"))].by == ("lease", "load")
+
+
+def test_another_dockerd_on_the_same_containerd_keeps_every_lease() -> None:
+    """A second dockerd (another data root) on this containerd shares namespace moby:
+    whose lease is whose cannot be told, so a lease that looks abandoned is kept."""
+    w = world()
+    container_gone(w)
+    load = lease(w, "123-load", **{"labels": {"containerd.io/gc.expire": "2099-01-01T00:00:00Z"}})
+    assert {("stale-lease", f"leases/moby/{WEB}"), ("stale-lease", load)} <= got(plan_of(w))
+    facts = replace(
+        w.facts(), shared_with=("dockerd pid 42 (/usr/bin/dockerd) with another data root",)
+    )
+    p = plan_containerd(facts, w.usage, Policy(min_age=HOUR, now=NOW), drivers_of(w))
+    assert not [a for a in p.actions if a.kind == "stale-lease"]
+    assert "another dockerd uses this containerd" in kept_reason(p, load)

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,18 @@ def dgc(e: Engine, *args: str, check: int | None = 0) -> subprocess.CompletedPro
             f"dockergc {args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+@pytest.fixture(autouse=True)
+def _dockerd_running(ctd_engine: tuple[Engine, Any]) -> Iterator[None]:
+    """Each test starts and leaves the engine with dockerd up, whatever the one before
+    did (a failed test must not fail the next ones for a stopped daemon)."""
+    e, _ = ctd_engine
+    if not e.pidfile.exists():
+        cs.start_dockerd(e)
+    yield
+    if not e.pidfile.exists():
+        cs.start_dockerd(e)
 
 
 def plan_json(e: Engine, *args: str) -> dict[str, Any]:
@@ -128,6 +141,55 @@ def test_a_running_dockerd_is_refused_and_live_keeps_young_leases(
     dgc(e, "gc", "--min-age", "0", "--yes")
     cs.start_dockerd(e)
     cs.verify_all(e, baseline)
+
+
+def test_a_second_dockerd_on_the_same_containerd_keeps_every_lease(
+    ctd_engine: tuple[Engine, Any], tmp_path: Path
+) -> None:
+    """A crash's lease is stale for this root, but a second dockerd (its own data root)
+    shares the containerd and namespace moby: no lease may be judged abandoned then."""
+    e, _ = ctd_engine
+    left = cs.crash_load(e, cs.random_image_tar(tmp_path / "s.tar", tag="s:1"), "unpack")
+    cs.stop_dockerd(e)
+    assert set(left) <= lease_actions(plan_json(e, "--min-age", "0"))
+    other = tmp_path / "other"
+    args = [
+        e.bins.dockerd,
+        f"--containerd={e.ctd_sock}",
+        "--data-root",
+        str(other / "root"),
+        "--exec-root",
+        str(other / "exec"),
+        "--pidfile",
+        str(other / "d.pid"),
+        "-H",
+        f"unix://{other / 'd.sock'}",
+        "--iptables=false",
+        "--ip-masq=false",
+        "--bridge=none",
+        "--feature",
+        "containerd-snapshotter",
+    ]
+    other.mkdir()
+    second = subprocess.Popen(
+        args, env=e.bins.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        cs._wait_for(lambda: (other / "d.sock").exists(), 60, "the second dockerd")
+        plan = plan_json(e, "--min-age", "0")
+        assert not lease_actions(plan), plan["actions"]
+        reasons = {k["path"].split("/")[-1]: k["reason"] for k in plan["kept"]}
+        assert all("another dockerd" in reasons.get(i, "") for i in left), reasons
+    finally:
+        second.terminate()
+        second.wait(60)
+        with open("/proc/self/mountinfo") as fh:  # what the second dockerd left mounted
+            points = [ln.split()[4] for ln in fh if ln.split()[4].startswith(str(other))]
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], check=False)
+    dgc(e, "gc", "--min-age", "0", "--yes")  # alone again: the lease goes
+    assert not set(left) & set(cs.read_leases(e))
+    cs.start_dockerd(e)
 
 
 def test_orphan_snapshot_dirs_go_to_quarantine_and_come_back(

@@ -43,6 +43,9 @@ class Roots:
 class RunChecks(Protocol):
     roots: Roots
 
+    def accepts(self, plan: Plan) -> None:
+        """Raise a DockerGCError if ``plan`` is not this store's: before any run exists."""
+
     def begin(self, journal: Journal, plan: Plan) -> None:
         """Called once before the first action (a run, or a resumed one)."""
 
@@ -74,6 +77,12 @@ class Overlay2Checks:
         self.slack = slack
         self.facts: object = None
         self.watch: object = None
+
+    def accepts(self, plan: Plan) -> None:
+        from dockergc.errors import RefusedError
+
+        if plan.store != "overlay2" or any(a.base for a in plan.actions):
+            raise RefusedError(f"the plan is for the {plan.store} store, not overlay2")
 
     def begin(self, journal: Journal, plan: Plan) -> None:
         from dockergc.execute.verify import Facts, LiveWatch

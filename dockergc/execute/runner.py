@@ -190,13 +190,14 @@ def start_run(root: Path, plan: Plan, opts: Options) -> RunView:
     """Create a run for ``plan`` and apply it."""
     if Path(plan.root) != root:
         raise RefusedError(f"the plan is for {plan.root}, not {root}")
+    checks = _checks(root, opts)
+    checks.accepts(plan)  # before the run exists: a refused plan leaves nothing behind
     # Signals are caught from before the run exists: none can leave it 'running'.
     with _stop_between_steps() as stop:
         run_id = new_run_id()
         safefs.makedirs(str(root), run_dir_rel(run_id) + "/q")
         journal = Journal(root, run_id)
         (journal.dir / "plan.json").write_text(json.dumps(plan.to_dict()) + "\n")
-        checks = _checks(root, opts)
         for base, other in checks.roots.others.items():  # its quarantine, on its filesystem
             if any(a.base == base for a in plan.actions):
                 safefs.makedirs(str(other), run_dir_rel(run_id) + "/q")

@@ -67,6 +67,7 @@ EVIDENCE_LINES = 20  # containerd-gc lists this many records, then "and N more"
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 _BUILDKIT_VARIANTS = re.compile(r"^([0-9a-z]{25})-variants$")  # identity.NewID() + suffix
 _BAD_PATH_PART = re.compile(r"[/\x00-\x1f\x7f]")
+UNLISTED = "*"  # DataRootContainers.unreadable: containers/ itself could not be listed
 
 
 def snapshot_dir(dir_id: str) -> str:
@@ -328,6 +329,11 @@ class _Planner:
         dirs = self.facts.containers
         if cid in dirs.ids | dirs.unreadable | dirs.without_config:
             return _Live(LIVE_CONTAINER)
+        if UNLISTED in dirs.unreadable:
+            return _Keep(
+                f"dockerd's lease of container {short(cid)}; the data root's containers/ "
+                "cannot be listed, so whether that container exists is not known"
+            )
         if any(c.id == cid for c in self.facts.meta.containers):
             return _Keep(f"dockerd's lease of container {short(cid)}, which containerd still has")
         if lease.created is None:
@@ -374,6 +380,11 @@ class _Planner:
             self.stale_lease(lease, who, gone, holds[lease_id], owners)
 
     def lease_blockers(self) -> str | None:
+        if self.facts.shared_with:
+            return (
+                f"another dockerd uses this containerd ({'; '.join(self.facts.shared_with)}): "
+                "its leases share namespace moby with this root's and cannot be told apart"
+            )
         meta = self.facts.meta
         if MOBY in self.graph.unread:
             return self.graph.unread[MOBY]
@@ -630,6 +641,10 @@ class _Planner:
         live = (dirs.ids | dirs.unreadable) - set(gone)
         for cid in sorted(dirs.rootfs - live):
             path = f"rootfs/overlayfs/{cid}"
+            if UNLISTED in dirs.unreadable:
+                why = "the data root's containers/ cannot be listed: whose dir this is is not known"
+                self.kept.append(Kept(path, "orphan-rootfs", why))
+                continue
             if cid in recorded:
                 self.kept.append(
                     Kept(path, "orphan-rootfs", "containerd still has a container with this id")
@@ -705,8 +720,10 @@ def gone_containers(
     dirs = facts.containers
     meta = facts.meta
     recorded = {c.id for c in meta.containers}
-    leases = {x.id for x in meta.leases if x.namespace == MOBY}
-    snaps = {s.key for s in meta.snapshots if s.namespace == MOBY}
+    # Any namespace: a dockerd run with --containerd-namespace keeps its containers'
+    # leases and snapshots there, and such a container is not lost.
+    leases = {x.id for x in meta.leases}
+    snaps = {s.key for s in meta.snapshots}
     gone: dict[str, tuple[str, tuple[str, ...]]] = {}
     keep: dict[str, str] = {}
     other: dict[str, str] = {}

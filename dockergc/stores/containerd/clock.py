@@ -11,8 +11,10 @@ operation lease (the next run, with a fresh baseline, decides again)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from dockergc.lock import STATE_DIR
@@ -40,25 +42,60 @@ def stepped_since_last_run(root: Path) -> str | None:
     if now is None:
         return "the boot time cannot be read, so a stepped clock cannot be ruled out"
     path = root / STATE_DIR / BASELINE
-    try:
-        prev = json.loads(path.read_text())
-    except (OSError, ValueError):
-        prev = None
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(json.dumps({"boot_id": now[0], "btime": now[1]}) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        return f"the clock baseline cannot be recorded ({exc.strerror})"
+    prev = _read_baseline(path)
+    why = _write_baseline(path, {"boot_id": now[0], "btime": now[1]})
+    if why:
+        return why
     if not isinstance(prev, dict) or prev.get("boot_id") != now[0]:
         return (
             "no clock baseline of this boot yet (the first --live run after a boot only "
             "records it): kept until the next run"
         )
-    moved = now[1] - int(prev.get("btime", now[1]))
+    last = prev.get("btime")
+    if type(last) is not int:
+        return (
+            f"the clock baseline {path} is malformed (btime {last!r}), so a stepped clock "
+            "cannot be ruled out: kept until the next run"
+        )
+    moved = now[1] - last
     if abs(moved) > TOLERANCE:
         return (
             f"the system clock was stepped by {moved:+d}s since the last run, so lease "
             "times cannot be compared with the dockerd's start: kept until the next run"
         )
+    return None
+
+
+def _read_baseline(path: Path) -> object:
+    """The last run's baseline; None if missing, a symlink, not a file or not JSON."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return json.loads(os.read(fd, 4096).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _write_baseline(path: Path, doc: dict[str, object]) -> str | None:
+    """Write the baseline atomically, following no symlink a hand planted (the temp file
+    is created afresh, the rename replaces a link, never writes through it)."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o644)
+        try:
+            os.write(fd, (json.dumps(doc) + "\n").encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        return f"the clock baseline cannot be recorded ({exc.strerror})"
     return None

@@ -18,9 +18,13 @@ from dockergc.store.snapshot import read_pins
 from dockergc.stores.containerd.candidates import plan_containerd, usage_paths
 from dockergc.stores.containerd.content import read_content
 from dockergc.stores.containerd.gcmirror import mark
-from dockergc.stores.containerd.locate import ContainerdTarget
+from dockergc.stores.containerd.locate import ContainerdTarget, other_dockerds
 from dockergc.stores.containerd.metadb import read_metadb
-from dockergc.stores.containerd.records import CtdFacts, DataRootContainers
+from dockergc.stores.containerd.records import (
+    SNAPSHOTTER_DIR,
+    CtdFacts,
+    DataRootContainers,
+)
 from dockergc.stores.containerd.snapshotter import read_snapshotter
 
 ROOTFS = "rootfs/overlayfs"
@@ -82,6 +86,32 @@ def _process_start(pid: int) -> float | None:
     return btime + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def relative_lowers(ctd_root: Path, table: MountTable) -> dict[str, str]:
+    """Snapshot dirs overlay mounts name by a relative path. containerd shortens an overlay
+    mount's options that near a page (core/mount ``compactLowerdirOption``): it chdirs
+    into the lowerdirs' common dir (the snapshotter's ``snapshots/``) and passes them
+    relative, and mountinfo shows them as passed. Each relative part is pinned as a path
+    under ``snapshots/`` (a part that is not one of containerd's pins a path that does
+    not exist: nothing is lost by it)."""
+    base = os.path.join(str(ctd_root), SNAPSHOTTER_DIR, "snapshots")
+    out: dict[str, str] = {}
+    for entry in table.entries:
+        if entry.fstype != "overlay":
+            continue
+        for option in entry.super_options.split(","):
+            key, _, value = option.partition("=")
+            if key not in ("lowerdir", "lowerdir+", "upperdir", "workdir"):
+                continue
+            for part in value.split(":"):
+                if not part or part.startswith("/"):
+                    continue
+                path = os.path.normpath(os.path.join(base, part))
+                if path.startswith(base + "/"):
+                    why = f"overlay layer of mount at {entry.mount_point} (relative {part})"
+                    out.setdefault(path, why)
+    return out
+
+
 class ContainerdStore:
     name = "containerd"
 
@@ -99,6 +129,7 @@ class ContainerdStore:
         table = mounts or read_all_namespaces()
         pinned = dict(read_pins(self.root, table)[0])
         pinned.update(read_pins(self.target.root, table)[0])
+        pinned.update(relative_lowers(self.target.root, table))
         containers, findings = read_data_root(self.root)
         return CtdFacts(
             data_root=str(self.root),
@@ -108,6 +139,7 @@ class ContainerdStore:
             content=read_content(self.target.root),
             containers=containers,
             dockerd_started=dockerd_started(self.root),
+            shared_with=other_dockerds(self.root, self.target.address),
             pinned=pinned,
             findings=findings,
         )

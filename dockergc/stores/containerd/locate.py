@@ -140,6 +140,59 @@ def _containerds() -> Iterator[tuple[Proc, str, list[str]]]:
             continue
 
 
+def other_dockerds(data_root: Path, address: str) -> tuple[str, ...]:
+    """Each running dockerd that talks to the containerd at ``address`` but keeps another
+    data root: its leases share namespace ``moby`` with ours and cannot be told apart,
+    so none may be judged abandoned while one runs. Compared by the socket's and the
+    root's device and inode, in each process's own mount namespace."""
+    from dockergc.host.detect import DEFAULT_CONFIG as DOCKERD_CONFIG
+    from dockergc.host.detect import _dockerd_spec
+
+    try:
+        sock, ours = os.stat(address), os.stat(data_root)
+    except OSError:
+        return ()
+    found = []
+    for entry in os.scandir(PROC):
+        if not entry.name.isdigit():
+            continue
+        try:
+            p = Proc(PROC, int(entry.name))
+            exe = p.exe()
+            if "dockerd" not in os.path.basename(exe):
+                continue
+            args = p.cmdline()[1:]
+            named = DOCKERD_FLAGS.last(args, "--containerd")
+            if named and named[0]:
+                socket = named[0]
+            else:
+                config = DOCKERD_FLAGS.last(args, "--config-file")
+                raw = p.read_config(config[0] if config and config[0] else DOCKERD_CONFIG)
+                doc = {} if raw is None else _json_object(raw)
+                socket = str(doc.get("containerd") or "")
+            if not socket:
+                continue  # a dockerd that runs its own containerd
+            st = os.stat(p.where(p.resolve(socket.removeprefix("unix://"))))
+            if (st.st_dev, st.st_ino) != (sock.st_dev, sock.st_ino):
+                continue
+            root = os.stat(p.where(p.resolve(_dockerd_spec(p, args)[0])))
+        except (*GONE, OSError):
+            continue
+        if (root.st_dev, root.st_ino) != (ours.st_dev, ours.st_ino):
+            found.append(f"dockerd pid {p.pid} ({exe}) with another data root")
+    return tuple(found)
+
+
+def _json_object(raw: bytes) -> dict[str, object]:
+    import json
+
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def ctr_beside(root: Path) -> str | None:
     """The ``ctr`` installed beside the running containerd whose root is ``root``: the
     client of the same release as the server. None if no such containerd runs."""

@@ -170,3 +170,6 @@ class CtdFacts:
     dockerd_started: float | None
     pinned: Mapping[str, str] = field(default_factory=dict)  # absolute path -> why (mounts)
     findings: tuple[Finding, ...] = ()
+    # Other running dockerds on this containerd (another data root, the same namespace):
+    # whose lease is whose cannot be told, so no lease is judged abandoned.
+    shared_with: tuple[str, ...] = ()

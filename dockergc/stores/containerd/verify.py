@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from dockergc.errors import DockerGCError
+from dockergc.errors import DockerGCError, RefusedError
 from dockergc.execute.checks import Roots
 from dockergc.execute.journal import Journal
 from dockergc.execute.ops import RecordOp
@@ -26,7 +26,7 @@ from dockergc.measure import measure_all
 from dockergc.plan import RECORD_KINDS, Action, Plan, Policy
 from dockergc.store.mountinfo import MountTable
 from dockergc.stores.containerd import ctr
-from dockergc.stores.containerd.candidates import snapshot_dir
+from dockergc.stores.containerd.candidates import ingest_dir, ingest_dir_name, snapshot_dir
 from dockergc.stores.containerd.clock import stepped_since_last_run
 from dockergc.stores.containerd.gcmirror import mark
 from dockergc.stores.containerd.records import CONTENT_DIR, OVERLAYFS, CtdFacts, Lease
@@ -53,12 +53,15 @@ class ContainerdChecks:
         self.daemon: str | None = None
         self.clock: str | None = None  # --live: why lease times cannot be trusted now
 
-    def begin(self, journal: Journal, plan: Plan) -> None:
+    def accepts(self, plan: Plan) -> None:
         if plan.store != "containerd" or plan.containerd_root != str(self.store.target.root):
-            raise DockerGCError(
+            raise RefusedError(
                 f"the plan is for store {plan.store} at {plan.containerd_root or plan.root}, "
                 f"not the containerd root {self.store.target.root}"
             )
+
+    def begin(self, journal: Journal, plan: Plan) -> None:
+        self.accepts(plan)
         self.policy = Policy(min_age=plan.min_age_seconds, excludes=plan.excludes)
         if self.live:  # the filesystem's clock, whatever the process clock says
             self.started = fs_now(journal.dir)
@@ -163,8 +166,10 @@ class ContainerdChecks:
             labels: tuple[tuple[str, str], ...] = ()
             created = None
             if lease is not None:
-                holds = tuple(f"snapshot {s}/{k}" for s, k in lease.snapshots) + tuple(
-                    f"blob {d}" for d in lease.content
+                holds = (
+                    tuple(f"snapshot {s}/{k}" for s, k in lease.snapshots)
+                    + tuple(f"blob {d}" for d in lease.content)
+                    + tuple(f"ingest {r}" for r in lease.ingests)
                 )
                 labels = tuple(sorted(lease.labels.items()))
                 created = lease.created
@@ -181,10 +186,12 @@ class ContainerdChecks:
             held = [h.split(" ", 1) for h in op.holds]
             snaps = {tuple(v.split("/", 1)) for k, v in held if k == "snapshot"}
             blobs = {v for k, v in held if k == "blob"}
+            ingests = {v for k, v in held if k == "ingest"}
         else:
             graph = mark(self.facts.meta, time.time())
             snaps = {(s, k) for (ns, s, k) in graph.unreached_snapshots(op.namespace)}
             blobs = {d for (ns, d) in graph.unreached_blobs(op.namespace)}
+            ingests = {r for (ns, r) in graph.unreached_ingests(op.namespace)}
         names = {r.name: r for r in self.facts.meta.snapshots if r.namespace == op.namespace}
         dirs = {b.key: b.id for b in self.facts.backend.records}
         out = []
@@ -195,6 +202,12 @@ class ContainerdChecks:
             if rec is not None and rec.name in dirs and snapshotter == OVERLAYFS:
                 out.append(snapshot_dir(dirs[rec.name]))
         out += [f"{CONTENT_DIR}/blobs/{d.replace(':', '/', 1)}" for d in sorted(blobs)]
+        # An unfinished upload's dir: content/local names it by the sha256 of the backend
+        # reference its meta.db record keeps (of the client's own, if there is none).
+        backend = {
+            i.ref: i.backend_ref for i in self.facts.meta.ingests if i.namespace == op.namespace
+        }
+        out += [ingest_dir(ingest_dir_name(backend.get(r) or r)) for r in sorted(ingests)]
         return out
 
     def perform_record(self, op: RecordOp) -> int:
