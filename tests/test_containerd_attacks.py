@@ -301,3 +301,42 @@ def test_refused_plan_leaves_no_unfinished_run(
     _apply(tmp_path, data, ctd, doc)
     runs = json.loads(run_cli("runs", "--json", "--root", str(data), "--config-file", "/x").stdout)
     assert [r["state"] for r in runs["runs"]] in ([], ["failed"], ["refused"]), runs
+
+
+# -- --live: the clock baseline ----------------------------------------------------------
+
+
+def test_live_deletes_leases_only_once_the_clock_is_known_unstepped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--live trusts a lease's wall-clock time only against a clock baseline of this boot
+    recorded by an earlier run: the first run keeps every lease, a second one (clock
+    unmoved) deletes them; a baseline that says the clock moved keeps them again."""
+    data, ctd, log, _ = _host_with_ctr(tmp_path, monkeypatch)
+    args = [f for f in flags(data, ctd) if f not in ("--min-age", "0")]
+
+    def live_gc() -> dict[str, Any]:
+        out = run_cli("gc", "--live", "--min-age", "1h", "--yes", "--json", *args).stdout
+        return json.loads(out)
+
+    first = live_gc()
+    kept = [a for a in first["actions"] if a["kind"] == "stale-lease"]
+    assert kept and all(a["outcome"] == "skipped" for a in kept), first
+    assert all("clock baseline" in a["reason"] for a in kept)
+
+    def lease_removals() -> list[str]:  # running containerd's GC (a made-up lease) is harmless
+        return [ln for ln in _removals(log) if "dockergc-gc-" not in ln]
+
+    assert lease_removals() == []
+    baseline = data / ".dockergc" / "clock.json"
+    doc = json.loads(baseline.read_text())
+    baseline.write_text(json.dumps({**doc, "btime": doc["btime"] - 3600}))  # clock moved
+    stepped = live_gc()
+    assert all(
+        "stepped" in a["reason"] for a in stepped["actions"] if a["kind"] == "stale-lease"
+    ), stepped
+    assert lease_removals() == []
+    third = live_gc()  # the baseline is this boot's and unmoved since the last run
+    deleted = {a["path"] for a in third["actions"] if a["outcome"] == "deleted"}
+    assert f"leases/moby/{LOAD_LEASE}" in deleted, third
+    assert any(LOAD_LEASE in ln for ln in lease_removals())
