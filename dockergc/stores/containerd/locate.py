@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,18 +126,24 @@ def locate_containerd(
     return ContainerdTarget(addr, addr_source, resolved, root_source, tool)
 
 
-def _containerds() -> Iterator[tuple[Proc, str, list[str]]]:
-    """(process, executable, arguments) of each running containerd."""
+def _processes(named: Callable[[str], bool]) -> Iterator[tuple[Proc, str, list[str]]]:
+    """(process, executable, arguments) of each running process whose executable's name
+    passes ``named``; one that ends or cannot be read meanwhile is skipped."""
     for entry in os.scandir(PROC):
         if not entry.name.isdigit():
             continue
         try:
             p = Proc(PROC, int(entry.name))
             exe = p.exe()
-            if os.path.basename(exe) == "containerd":
+            if named(os.path.basename(exe)):
                 yield p, exe, p.cmdline()[1:]
         except (*GONE, OSError):
             continue
+
+
+def _containerds() -> Iterator[tuple[Proc, str, list[str]]]:
+    """(process, executable, arguments) of each running containerd."""
+    return _processes(lambda name: name == "containerd")
 
 
 def other_dockerds(data_root: Path, address: str) -> tuple[str, ...]:
@@ -153,15 +159,8 @@ def other_dockerds(data_root: Path, address: str) -> tuple[str, ...]:
     except OSError:
         return ()
     found = []
-    for entry in os.scandir(PROC):
-        if not entry.name.isdigit():
-            continue
+    for p, exe, args in _processes(lambda name: "dockerd" in name):
         try:
-            p = Proc(PROC, int(entry.name))
-            exe = p.exe()
-            if "dockerd" not in os.path.basename(exe):
-                continue
-            args = p.cmdline()[1:]
             named = DOCKERD_FLAGS.last(args, "--containerd")
             if named and named[0]:
                 socket = named[0]
