@@ -357,7 +357,11 @@ class Engine:
         return [self.bins.docker, "-H", f"unix://{self.sock}", *args]
 
     def import_base(self, tag: str = "base:1") -> str:
-        rootfs = busybox_rootfs(self.base / "rootfs")
+        """Import the busybox rootfs as ``tag`` (again, after a prune: the rootfs is made
+        once per engine)."""
+        rootfs = self.base / "rootfs"
+        if not rootfs.is_dir():
+            busybox_rootfs(rootfs)
         tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True)
         return self.run("import", "-", tag, input=tar.stdout).stdout.strip()
 

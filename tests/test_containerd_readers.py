@@ -569,6 +569,11 @@ def _ctr_view(e: Any, ns: str) -> tuple[set[tuple[str, str, str]], set[str], set
 @pytest.mark.engine
 def test_readers_agree_with_ctr_on_a_real_root(ctd_engine: Any) -> None:
     e, _ = ctd_engine  # the session's engine: builds, a volume, a running container
+    if "c_running" not in e.run("ps", "--format", "{{.Names}}").stdout.split():
+        # another module emptied the engine (its last test prunes everything): one again
+        if "base:1" not in e.run("images", "--format", "{{.Repository}}:{{.Tag}}").stdout:
+            e.import_base()
+        e.run("run", "-d", "--network", "none", "--name", "c_running", "base:1", "sleep", "100000")
     root = e.ctd_dir / "root"
     for _attempt in range(5):  # BuildKit drops temporary leases: read between two equal views
         before = {ns: _ctr_view(e, ns) for ns in ("moby", "moby_history")}
