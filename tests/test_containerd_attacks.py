@@ -340,3 +340,34 @@ def test_live_deletes_leases_only_once_the_clock_is_known_unstepped(
     deleted = {a["path"] for a in third["actions"] if a["outcome"] == "deleted"}
     assert f"leases/moby/{LOAD_LEASE}" in deleted, third
     assert any(LOAD_LEASE in ln for ln in lease_removals())
+
+
+def test_a_ctr_anyone_could_have_placed_is_never_run(tmp_path: Path) -> None:
+    """Any user may start a process named containerd whose command line names the real
+    root: the ctr beside it runs as root only if root alone could have put it there."""
+    from dockergc.stores.containerd.locate import trusted_executable
+
+    assert trusted_executable(os.path.realpath("/bin/sh"))
+    # under /tmp (world-writable): whoever can write there chose this file
+    tool = tmp_path / "ctr"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert not trusted_executable(str(tool))
+    mine = Path("/var/tmp/dockergc-test-bin")
+    mine.mkdir(mode=0o755, exist_ok=True)
+    try:
+        good = mine / "ctr"
+        good.write_text("#!/bin/sh\n")
+        good.chmod(0o755)
+        if not (os.stat("/var/tmp").st_mode & 0o022):  # /var/tmp is usually 1777: skip
+            assert trusted_executable(str(good))
+        good.chmod(0o775)  # group-writable
+        assert not trusted_executable(str(good))
+        link = mine / "ctr-link"
+        link.symlink_to(good)
+        assert not trusted_executable(str(link))
+        os.chown(good, 65534, 65534)
+        good.chmod(0o755)
+        assert not trusted_executable(str(good))  # not root's
+    finally:
+        shutil.rmtree(mine)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -202,9 +203,40 @@ def ctr_beside(root: Path) -> str | None:
         except (*GONE, OSError):
             continue
         tool = os.path.join(os.path.dirname(exe), "ctr")
-        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino) and os.access(tool, os.X_OK):
-            return tool
+        same = (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino)
+        real = os.path.realpath(tool)  # what is run: a link may not be swapped after
+        if same and _runs_as_root(p.pid) and trusted_executable(real):
+            return real
     return None
+
+
+def _runs_as_root(pid: int) -> bool:
+    try:
+        return os.stat(f"{PROC}/{pid}").st_uid == 0
+    except OSError:
+        return False
+
+
+def trusted_executable(path: str) -> bool:
+    """Would running ``path`` as root run only what root put there? Any user can start a
+    process named ``containerd`` whose command line names the real root: the ``ctr``
+    beside it is run only if it and every directory above it belong to root and no one
+    else may write them. ``path`` is resolved: a symlink in it is refused."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+            return False
+        here = path
+        while True:
+            st = os.lstat(here)
+            if st.st_uid != 0 or st.st_mode & 0o022 or stat.S_ISLNK(st.st_mode):
+                return False
+            parent = os.path.dirname(here)
+            if parent == here:
+                return True
+            here = parent
+    except OSError:
+        return False
 
 
 def root_serving(address: str) -> tuple[Path, str] | None:
