@@ -43,10 +43,15 @@ from dockergc.render.relocation import preflight_text, view_dict, view_text
 
 relocate_app = typer.Typer(
     rich_markup_mode=None,
-    help="Move the whole data root to a new disk: preflight, stop, copy (rsync -aHAX), "
-    "verify, switch daemon.json, start, verify; any fault rolls back to the old root. "
+    help="Move the whole data root to a new disk: preflight, copy (rsync -aHAX) while the "
+    "daemon runs (passes until the delta stops shrinking; then the new disk is flushed), "
+    "stop, final pass (--delete), verify (metadata of both trees; contents of what changed "
+    "since the pre-copy and of the metadata files), switch daemon.json, start, verify; any "
+    "fault rolls back to the old root. The downtime (stop issued -> Engine API answering "
+    "on the new root) is printed and journaled. --offline stops the daemon first and "
+    "copies with it stopped. "
     "The old root stays untouched until 'relocate finalize'. "
-    "The copy shows its progress on stderr (bytes, rate, ETA: at a terminal one line "
+    "Every pass shows its progress on stderr (bytes, rate, ETA: at a terminal one line "
     "updated in place, else a line every 10 s; none with -q) and journals it every 10 s. "
     "The copy has no time limit: it runs until done, however long that takes; stop it "
     "with Ctrl-C, which rolls back (the copy removed, the daemon started on the old "
@@ -125,6 +130,13 @@ def relocate(
             "(daemon.json unchanged; an fstab line is printed).",
         ),
     ] = False,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Stop the daemon before copying (no pre-copy): down for the whole copy.",
+        ),
+    ] = False,
     yes: YesOpt = False,
     json: JsonOpt = False,
 ) -> None:
@@ -161,7 +173,8 @@ def relocate(
         raise RefusedError("preflight failed; nothing was changed")
     if dry_run:
         return
-    confirm(f"Stop the daemon and move {old} to {new}?", yes)
+    question = f"Copy {old} to {new} while the daemon runs, then stop it for the final pass?"
+    confirm(f"Stop the daemon and move {old} to {new}?" if offline else question, yes)
     run_id = new_run_id()
     control = Control(stop_cmd, start_cmd, engine, daemon_config)
     steps = plan_relocation(
@@ -175,6 +188,7 @@ def relocate(
         bind,
         config_sha256=pf.config_sha256,
         target_fs=pf.target_fs,
+        precopy=not offline,
     )
     # The run's lock is held to its end: a rollback or resume of this run (the latest)
     # started meanwhile would undo or redo its steps under it.

@@ -53,6 +53,8 @@ class RelocationView:
     error: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     fstab: str = ""  # --bind mode: the line that makes the mount permanent
+    # Stop command issued -> Engine API answering on the new root (None: not measured).
+    downtime_seconds: float | None = None
 
 
 def journal_for(state_dir: Path, run_id: str) -> Journal:
@@ -114,9 +116,37 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
             outcome = _roll_back_after(journal, ctx)
             raise RelocationFailed(f"relocation failed at {step.name}: {exc}; {outcome}") from exc
         ctx.timings[step.name] = round(time.monotonic() - t0, 3)
-        journal.append({"type": "done", "seq": i, "seconds": ctx.timings[step.name]})
-    journal.append({"type": "end", "state": "relocated", "timings": ctx.timings})
+        done: dict[str, Any] = {"type": "done", "seq": i, "seconds": ctx.timings[step.name]}
+        if isinstance(step, S.StartDaemon) and (down := downtime(journal, plan)) is not None:
+            done["downtime_seconds"] = down
+            ctx.progress(
+                f"downtime: {down:.1f} s (stop issued -> daemon answering on the new root)"
+            )
+        journal.append(done)
+    end: dict[str, Any] = {"type": "end", "state": "relocated", "timings": ctx.timings}
+    if (down := _recorded_downtime(journal.records())) is not None:
+        end["downtime_seconds"] = down
+    journal.append(end)
     return view_of(journal)
+
+
+def downtime(journal: Journal, plan: list[S.Step]) -> float | None:
+    """Seconds from the stop step's first intent (the stop command is issued right after
+    it) to now, the start step having just seen the daemon answer on its root. Journal
+    times are wall-clock: a resume in another process measures across the gap, which was
+    downtime too."""
+    for r in journal.records():
+        if r.get("type") == "intent" and isinstance(plan[int(r["seq"])], S.StopDaemon):
+            return round(time.time() - float(r["t"]), 3)
+    return None
+
+
+def _recorded_downtime(records: list[dict[str, Any]]) -> float | None:
+    found = None
+    for r in records:
+        if r.get("type") in ("done", "end") and "downtime_seconds" in r:
+            found = float(r["downtime_seconds"])
+    return found
 
 
 def _progress_to(journal: Journal, seq: int) -> Callable[[dict[str, Any]], None]:
@@ -313,7 +343,15 @@ def view_of(journal: Journal) -> RelocationView:
     bind = any(d["name"] == "bind-mount" for d in head["steps"])
     fstab = fstab_line(head["new"], head["old"]) if bind else ""
     return RelocationView(
-        journal.run_id, state, head["old"], head["new"], steps, undo_error or error, timings, fstab
+        journal.run_id,
+        state,
+        head["old"],
+        head["new"],
+        steps,
+        undo_error or error,
+        timings,
+        fstab,
+        _recorded_downtime(records) if state != "running" else None,
     )
 
 
@@ -421,12 +459,13 @@ def refuse_unsafe_resume(run_id: str, old: Path, plan: list[S.Step], first: int)
     may have meant to (service back, the move given up); a second downtime is the
     operator's call, made with the stop command, not a resume's."""
     for step in plan:  # every later step (verify, switch, start) needs the copy there
-        if isinstance(step, S.Copy):
+        if isinstance(step, (S.Copy, S.PreCopy)):
             refuse_if_target_moved(step)
     pending = plan[first:]
-    if not pending or isinstance(pending[0], S.StopDaemon):
-        return  # the resume starts by stopping it
-    if any(isinstance(s, S.NEEDS_STOPPED) for s in pending) and (users := daemons_on(old)):
+    # Up to the next stop step (the resume stops it there; a pre-copy runs beside it).
+    stop_at = next((i for i, s in enumerate(pending) if isinstance(s, S.StopDaemon)), None)
+    before_stop = pending if stop_at is None else pending[:stop_at]
+    if any(isinstance(s, S.NEEDS_STOPPED) for s in before_stop) and (users := daemons_on(old)):
         stop = next((s.cmd for s in plan if isinstance(s, S.StopDaemon)), "")
         raise RefusedError(
             f"refusing to resume relocation {run_id}: {users} uses the old root {old} "

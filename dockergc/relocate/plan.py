@@ -28,18 +28,26 @@ def plan_relocation(
     *,
     config_sha256: str | None,
     target_fs: str = "",
+    precopy: bool = False,
 ) -> list[S.Step]:
     """The steps; with ``bind`` the path stays: the copy is bind-mounted over the old root
     and daemon.json is left alone. ``config_sha256`` is the sha256 of daemon.json as
     preflight read it, None when there is none: the journal's record of the original,
     against which every later write and undo of daemon.json is checked. ``target_fs`` is
-    the filesystem preflight found the target on (targetfs.filesystem_of)."""
+    the filesystem preflight found the target on (targetfs.filesystem_of). With ``precopy``
+    (the CLI's default) the root is copied while the daemon runs and the daemon is stopped
+    only for the final pass and the verification; without it (``--offline``) the plan is
+    the one dockergc always made: stop, copy, verify."""
     config, backup = str(control.config), f"{control.config}.dockergc-{run_id}.bak"
-    plan: list[S.Step] = [
+    marker = S.marker_for(run_id)
+    plan: list[S.Step] = []
+    if precopy:
+        plan.append(S.PreCopy(str(old), str(new), target_fs, marker))
+    plan += [
         S.StopDaemon(control.stop_cmd, control.start_cmd, control.host, str(old)),
         S.WaitIdle(str(old)),
-        S.Copy(str(old), str(new), target_fs, S.marker_for(run_id)),
-        S.VerifyCopy(str(old), str(new)),
+        S.Copy(str(old), str(new), target_fs, marker),
+        S.VerifyCopy(str(old), str(new), marker if precopy else ""),
     ]
     if not bind:
         plan.append(S.RewritePaths(str(old), str(new)))

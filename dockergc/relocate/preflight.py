@@ -25,8 +25,14 @@ from dockergc.relocate.targetfs import filesystem_of
 from dockergc.render.interface import human_bytes
 from dockergc.store.fsread import UnreadableFile, read_text
 
-MARGIN_BYTES = 512 * 2**20
+# Free space wanted beyond the bytes to copy: a share of them (metadata blocks, what the
+# daemon writes during a pre-copy), at least a floor (a small root on a small disk).
 MARGIN_RATIO = 0.05
+MARGIN_FLOOR = 64 * 2**20
+
+
+def margin_for(bytes_to_copy: int) -> int:
+    return max(int(bytes_to_copy * MARGIN_RATIO), MARGIN_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -140,12 +146,14 @@ def check_space(pf: Preflight, old: Path, new: Path) -> None:
         pf.not_moving += [f"{m} (another filesystem under the root)" for m in usage.other_mounts]
     base = new if new.exists() else new.parent
     free = psutil.disk_usage(str(base)).free
-    need = int(pf.bytes_to_copy * (1 + MARGIN_RATIO)) + MARGIN_BYTES
+    margin = margin_for(pf.bytes_to_copy)
+    need = pf.bytes_to_copy + margin
     pf.add(
         "free space",
         free >= need,
         f"{human_bytes(free)} free on target, need {human_bytes(need)} "
-        f"({human_bytes(pf.bytes_to_copy)} to copy + margin)",
+        f"({human_bytes(pf.bytes_to_copy)} to copy + {human_bytes(margin)} margin: "
+        f"{MARGIN_RATIO:.0%} of it, at least {human_bytes(MARGIN_FLOOR)})",
     )
 
 

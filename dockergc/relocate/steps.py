@@ -69,6 +69,23 @@ class Copy:
 
 
 @dataclass(frozen=True)
+class PreCopy:
+    """rsync the old root into ``new`` while the daemon still runs, in passes until the
+    delta stops shrinking or is small, then flush the new disk: the daemon is stopped
+    only for the final pass (Copy). Same target checks and marker as Copy; its undo
+    removes the partial copy (the daemon was never stopped: nothing else to undo)."""
+
+    old: str
+    new: str
+    fs: str = ""
+    marker: str = ""
+    name: str = "pre-copy"
+
+    def reverse(self) -> Step:
+        return RemoveCopy(self.new, self.marker)
+
+
+@dataclass(frozen=True)
 class RemoveCopy:
     """Empty ``new``, only if it holds ``marker`` (removed last); a journal from before
     markers ("") removes it unchecked, as that dockergc did."""
@@ -83,8 +100,13 @@ class RemoveCopy:
 
 @dataclass(frozen=True)
 class VerifyCopy:
+    """Compare both trees in one walk. ``changed_since`` (after a pre-copy: the marker's
+    name, "" otherwise) also hashes, in both trees, every file the old root changed since
+    the marker was written, i.e. since the pre-copy began."""
+
     old: str
     new: str
+    changed_since: str = ""
     name: str = "verify-copy"
 
     def reverse(self) -> Step:
@@ -201,6 +223,7 @@ Step = (
     StopDaemon
     | StartDaemon
     | WaitIdle
+    | PreCopy
     | Copy
     | RemoveCopy
     | VerifyCopy
@@ -232,6 +255,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         StopDaemon,
         StartDaemon,
         WaitIdle,
+        PreCopy,
         Copy,
         RemoveCopy,
         VerifyCopy,

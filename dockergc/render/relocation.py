@@ -43,6 +43,9 @@ def view_text(view: RelocationView) -> str:
         text += f"\n    {view.fstab}"
     elif view.fstab and view.state == "rolled-back":
         text += f"\n  --bind rolled back: remove the fstab line for {view.old} if you added it"
+    if view.downtime_seconds is not None:
+        down = view.downtime_seconds
+        text += f"\n  downtime {down:.1f}s (stop issued -> daemon answering on its new root)"
     if view.timings:
         text += "\n  " + ", ".join(f"{k} {v:.1f}s" for k, v in view.timings.items())
     return text
