@@ -58,7 +58,7 @@ def main() -> None:
         e.import_base()
         e.run("volume", "create", "vol1")
         total = fill(e.root / "volumes/vol1/_data", args.files)
-        writer = ["run", "-d", "--network", "none", "-v", "vol1:/v", "--name", "w", "base:1"]
+        writer = ["run", "-d", "--network", "none", "-v", "vol1:/v", "--name", "writer", "base:1"]
         e.run(*writer, "sh", "-c", WRITER)
         with loop_fs(size_mb) as disk1, loop_fs(size_mb) as disk2:
             subprocess.run(stop.split(), check=True)
@@ -69,7 +69,7 @@ def main() -> None:
             anchor = time.perf_counter() - t0
             subprocess.run(start.split(), check=True)
             e._wait(lambda: e.run("info", check=False).returncode == 0, 60, "dockerd")
-            e.run("start", "w")
+            e.run("start", "writer")
             time.sleep(2)
             cold()
             state = Path(tempfile.mkdtemp(prefix="dgc-bench-state-"))
