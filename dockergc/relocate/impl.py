@@ -24,7 +24,7 @@ from dockergc.errors import DockerGCError, RefusedError
 from dockergc.execute import safefs
 from dockergc.execute.runner import _Stop
 from dockergc.registry import Registry
-from dockergc.relocate import daemonjson
+from dockergc.relocate import configs, daemonjson
 from dockergc.relocate import progress as P
 from dockergc.relocate import steps as S
 from dockergc.relocate.targetfs import filesystem_of
@@ -102,10 +102,14 @@ implementation_for = STEPS.implementation_for
 @implementation_for(S.StopDaemon)
 def _stop(step: S.StopDaemon, ctx: Context) -> None:
     daemon.run_command(step.cmd, ctx.timeout)
-    root = Path(step.root)
+    for root in [Path(r) for r in (step.root, step.ctd_root) if r]:
+        _wait_no_daemon(root, ctx.timeout)
+
+
+def _wait_no_daemon(root: Path, timeout: float) -> None:
     daemon.wait_until_none(
         lambda: [d.describe() for d in daemon.daemons_using(root)],
-        ctx.timeout,
+        timeout,
         f"every daemon using {root} to exit",
     )
 
@@ -186,7 +190,7 @@ def _prepare_target(step: S.Copy | S.PreCopy, ctx: Context) -> None:
 @implementation_for(S.Copy)
 def _copy(step: S.Copy, ctx: Context) -> None:
     _prepare_target(step, ctx)
-    returncode, errors, _ = _rsync([*RSYNC, f"{step.old}/", f"{step.new}/"], ctx)
+    returncode, errors, _ = _rsync([*RSYNC, f"{step.old}/", f"{step.new}/"], ctx, S.label(step))
     if returncode != 0:
         last = (errors.strip().splitlines() or ["?"])[-1]
         raise RelocationFailed(f"copy failed (rsync exit {returncode}): {last}")
@@ -229,7 +233,7 @@ def _precopy(step: S.PreCopy, ctx: Context) -> None:
     _prepare_target(step, ctx)
     passes: list[Pass] = []
     while not enough_passes(passes, ctx.max_passes):
-        label = f"pre-copy pass {len(passes) + 1}"
+        label = f"pre-copy pass {len(passes) + 1}" + (f" ({step.what})" if step.what else "")
         t0 = time.monotonic()
         returncode, errors, copied = _rsync(
             [*RSYNC, f"{step.old}/", f"{step.new}/"], ctx, label=label
@@ -243,9 +247,9 @@ def _precopy(step: S.PreCopy, ctx: Context) -> None:
     syncfs(Path(step.new))
     flushed = round(time.monotonic() - t0, 3)
     estimate = downtime_estimate(passes[-1])
-    ctx.record({"step": "pre-copy", "flush_seconds": flushed, "downtime_estimate": estimate})
+    ctx.record({"step": S.label(step), "flush_seconds": flushed, "downtime_estimate": estimate})
     ctx.progress(
-        f"pre-copy: {len(passes)} pass(es), the last {human_bytes(passes[-1].bytes)} in "
+        f"{S.label(step)}: {len(passes)} pass(es), the last {human_bytes(passes[-1].bytes)} in "
         f"{passes[-1].seconds:.1f} s; new disk flushed in {flushed:.1f} s; estimated "
         f"downtime about {estimate:.0f} s (plus up to 10 s for containers that ignore SIGTERM)"
     )
@@ -453,26 +457,26 @@ def _switch(step: S.SwitchConfig, ctx: Context) -> None:
     now = daemonjson.digest(current)
     if now != step.original_sha256:
         original = None if step.original_sha256 is None else _verified_backup(step, "switch")
-        if now == daemonjson.digest(daemonjson.switched(original, step.new_root)):
+        if now == daemonjson.digest(configs.switched(step.kind, original, step.new_root)):
             return  # switched already (a resumed run)
         _conflict(step, "refusing to switch", now)
     if step.original_sha256 is not None:
         _verified_backup(step, "refusing to switch")  # never switch without a good backup
     like = os.stat(config) if current is not None else None
-    daemonjson.write_atomic(config, daemonjson.switched(current, step.new_root), like)
+    daemonjson.write_atomic(config, configs.switched(step.kind, current, step.new_root), like)
 
 
 def restorable(step: S.RestoreConfig) -> tuple[bool, bytes | None]:
-    """(whether daemon.json needs restoring, the original's bytes or None for no file);
-    ConfigConflict when the journal cannot account for it. Writes nothing: rollback asks
-    it before any undo runs."""
+    """(whether the config (daemon.json, containerd's config.toml) needs restoring, the
+    original's bytes or None for no file); ConfigConflict when the journal cannot account
+    for it. Writes nothing: rollback asks it before any undo runs."""
     config = Path(step.config)
     now = daemonjson.sha256_of(config)
     if now == step.original_sha256:
         return False, None  # the original is in place (or, as before, there is no file)
     what = f"cannot restore {config}"
     original = None if step.original_sha256 is None else _verified_backup(step, what)
-    if now != daemonjson.digest(daemonjson.switched(original, step.new_root)) and (
+    if now != daemonjson.digest(configs.switched(step.kind, original, step.new_root)) and (
         original is None or now is not None  # only a missing file is safe to put back
     ):
         _conflict(step, what, now)
@@ -502,6 +506,17 @@ def _start(step: S.StartDaemon, ctx: Context) -> None:
             return False
 
     daemon.wait_until(on_root, ctx.timeout, f"the daemon to answer on {step.expect_root}")
+    if step.expect_ctd_root:
+        ctd_root = Path(step.expect_ctd_root)
+        daemon.wait_until(
+            lambda: containerd_on(ctd_root), ctx.timeout, f"containerd to run on {ctd_root}"
+        )
+
+
+def containerd_on(root: Path) -> bool:
+    """Whether a running containerd uses ``root`` as its root (found by identity in its
+    own mount namespace, as every daemon check)."""
+    return any(d.kind == "containerd" for d in daemon.daemons_using(root))
 
 
 @implementation_for(S.PostVerify)
@@ -509,6 +524,8 @@ def _post_verify(step: S.PostVerify, ctx: Context) -> None:
     state = daemon.engine_state(step.host)
     got = (os.path.realpath(state.root), state.images, state.containers)
     want = (step.root, step.images, step.containers)
+    if step.images < 0:  # not known before the move (containerd store, daemon stopped)
+        got, want = (got[0], -1, got[2]), (want[0], -1, want[2])
     if got != want:
         raise RelocationFailed(
             f"after the move the daemon reports root, images, containers {got}, expected {want}"

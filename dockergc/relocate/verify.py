@@ -19,7 +19,16 @@ from dataclasses import dataclass
 
 from dockergc.relocate.steps import MARKER_PREFIX
 
-METADATA_PREFIXES = ("image/", "containers/", "buildkit/", "volumes/metadata.db")
+METADATA_PREFIXES = (
+    "image/",
+    "containers/",
+    "buildkit/",
+    "volumes/metadata.db",
+    # containerd's root (moved with the data root on a containerd image store host)
+    "io.containerd.metadata.v1.bolt/",
+    "io.containerd.snapshotter.v1.overlayfs/metadata.db",
+    "io.containerd.grpc.v1.introspection/",
+)
 METADATA_MAX = 64 * 2**20  # larger metadata files are compared by size, as layer files
 HASH_WORKERS = 4  # a disk serves a few reads at once better than one
 SKIP_TOP = (".dockergc",)  # and a relocation's marker (MARKER_PREFIX): not the daemon's
