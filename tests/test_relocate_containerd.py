@@ -450,3 +450,41 @@ def test_other_namespaces_need_an_explicit_yes(tmp_path: Path) -> None:
     assert "pass --yes to move it anyway" in out
     assert (h.config.read_bytes(), h.toml.read_bytes()) == before
     assert not any((tmp_path / "n").iterdir()) and not (tmp_path / "state").exists()
+
+
+# -- the preflight's downtime estimate ---------------------------------------------------
+
+
+def test_downtime_estimates_from_the_walk_and_the_read_rate() -> None:
+    from dockergc.relocate.preflight import downtime_estimates
+
+    precopy, offline = downtime_estimates(10 * 2**30, 2.0, 100 * 2**20)
+    assert precopy == 13.0  # 4 walks (final pass and verification, both trees) + 5 s
+    assert offline == round(10 * 1024 / 100 + 8 + 5, 1)
+    assert downtime_estimates(10 * 2**30, 2.0, None) == (13.0, None)
+
+
+def test_the_read_rate_reads_only_the_roots_regular_files(tmp_path: Path) -> None:
+    from dockergc.relocate.preflight import read_rate
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.write_bytes(os.urandom(4 * 2**20))
+    (root / "link").symlink_to(outside)
+    os.mkfifo(root / "fifo")
+    assert read_rate([root]) is None  # nothing of its own to read: the link not followed
+    (root / "d").mkdir()
+    (root / "d/f").write_bytes(os.urandom(3 * 2**20))
+    rate = read_rate([root])
+    assert rate is not None and rate > 2**20
+
+
+def test_the_preflight_prints_the_downtime_estimate(tmp_path: Path) -> None:
+    h = _host(tmp_path)
+    (h.old / "volumes/v/_data/big").write_bytes(os.urandom(2 * 2**20))
+    pf = preflight(h.old, tmp_path / "n/docker", h.config, [], store="containerd",
+                   containerd=_ctd_plan(h, tmp_path / "n/ctd"))  # fmt: skip
+    ok, detail = _checks(pf)["downtime estimate"]
+    assert ok and pf.downtime_precopy is not None and pf.downtime_offline is not None
+    assert detail.startswith("about ") and "with the pre-copy" in detail
+    assert "--offline about" in detail and "/s read here" in detail
