@@ -488,3 +488,18 @@ def test_the_preflight_prints_the_downtime_estimate(tmp_path: Path) -> None:
     assert ok and pf.downtime_precopy is not None and pf.downtime_offline is not None
     assert detail.startswith("about ") and "with the pre-copy" in detail
     assert "--offline about" in detail and "/s read here" in detail
+
+
+@pytestmark_root
+def test_a_rollback_refuses_with_nothing_changed_while_config_toml_is_unaccounted_for(
+    fake: Fake,
+) -> None:
+    h = fake.h
+    with loop_fs(200) as disk:
+        journal, new, ctd_new = _run(fake, disk)
+        h.toml.write_bytes(h.toml.read_bytes() + b"# edited after the move\n")
+        before = (h.config.read_bytes(), h.toml.read_bytes(), journal.path.read_bytes())
+        with pytest.raises(impl.ConfigConflict, match="config.toml"):
+            executor.rollback(journal, executor.Context(journal.run_id))
+        assert (h.config.read_bytes(), h.toml.read_bytes(), journal.path.read_bytes()) == before
+        assert fake.running and (ctd_new / "io.containerd.metadata.v1.bolt/meta.db").is_file()
