@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -503,3 +504,87 @@ def test_a_rollback_refuses_with_nothing_changed_while_config_toml_is_unaccounte
             executor.rollback(journal, executor.Context(journal.run_id))
         assert (h.config.read_bytes(), h.toml.read_bytes(), journal.path.read_bytes()) == before
         assert fake.running and (ctd_new / "io.containerd.metadata.v1.bolt/meta.db").is_file()
+
+
+# -- the kill matrix of both roots' daemonless steps (the real engine's: test_engine_…) --
+
+
+def _both_steps(tmp: Path) -> tuple[Host, Path, Path, list[S.Step]]:
+    """Both roots' pre-copy, final pass and verification, both configs' backup and
+    switch: every step of the containerd plan that needs no daemon."""
+    h = _host(tmp)
+    new, ctd_new = tmp / "new/docker", tmp / "new/ctd"
+    marker = S.marker_for("r")
+    files = [
+        (h.config, str(new), S.DAEMON_JSON),
+        (h.toml, str(ctd_new), S.CONTAINERD_TOML),
+    ]
+    pairs = [(h.old, new, ""), (h.ctd, ctd_new, S.CONTAINERD)]
+    steps: list[S.Step] = [S.PreCopy(str(o), str(n), "", marker, w) for o, n, w in pairs]
+    steps += [S.Copy(str(o), str(n), "", marker, w) for o, n, w in pairs]
+    steps += [S.VerifyCopy(str(o), str(n), marker, w) for o, n, w in pairs]
+    shas = {c: daemonjson.sha256_of(c) for c, _, _ in files}
+    steps += [S.BackupConfig(str(c), f"{c}.dockergc-r.bak", shas[c], k) for c, _, k in files]
+    steps += [S.SwitchConfig(str(c), r, f"{c}.dockergc-r.bak", shas[c], k) for c, r, k in files]
+    return h, new, ctd_new, steps
+
+
+@pytestmark_root
+def test_killed_after_any_record_both_roots_and_both_files_roll_back_or_resume(
+    tmp_path: Path,
+) -> None:
+    from dockergc.relocate.verify import compare
+    from tests.relocate_crash import record_labels, relocate_and_kill
+
+    h, new, ctd_new, steps = _both_steps(tmp_path)
+    original = (h.config.read_bytes(), h.toml.read_bytes())
+    switched = (
+        daemonjson.switched(original[0], str(new)),
+        ctdconfig.switched(original[1], str(ctd_new)),
+    )
+    state = tmp_path / "state"
+    kills: list[int | str] = [*range(1, len(record_labels(steps)) + 1)]
+    kills.append("progress=pre-copy pass 1 (containerd)")  # between containerd's passes
+    labels = [*record_labels(steps), "in containerd's pre-copy"]
+    for n, label in zip(kills, labels, strict=True):
+        for how in ("rollback", "resume"):
+            run_id = f"r{kills.index(n)}-{how}"
+            relocate_and_kill(state, run_id, h.old, new, steps, n)
+            journal = executor.journal_for(state, run_id)
+            if how == "rollback":
+                assert executor.rollback(journal, impl.Context(run_id)).state == "rolled-back"
+                assert (h.config.read_bytes(), h.toml.read_bytes()) == original, label
+                for target in (new, ctd_new):
+                    assert not target.exists() or not any(target.iterdir()), label
+            elif label != "end":
+                assert executor.resume(journal, impl.Context(run_id)).state == "relocated"
+                assert (h.config.read_bytes(), h.toml.read_bytes()) == switched, label
+                assert compare(str(h.old), str(new))[1] == [], label
+                assert compare(str(h.ctd), str(ctd_new))[1] == [], label
+            daemonjson.write_atomic(h.config, original[0])
+            daemonjson.write_atomic(h.toml, original[1])
+            for target in (new, ctd_new):  # a resumed run's copies: the next run's target
+                shutil.rmtree(target, ignore_errors=True)
+
+
+@pytestmark_root
+def test_a_rollback_of_both_killed_after_any_record_finishes_when_run_again(
+    tmp_path: Path,
+) -> None:
+    from tests.relocate_crash import relocate_and_kill
+
+    h, new, ctd_new, steps = _both_steps(tmp_path)
+    original = (h.config.read_bytes(), h.toml.read_bytes())
+    state = tmp_path / "state"
+    # rollback-begin, then an undo-intent and undo-done for each of: the two restores and
+    # the two copies' removal (the other undos are no-ops, not journaled)
+    for n in range(1, 10):
+        run_id = f"r{n}"
+        executor.run(executor.begin(state, run_id, h.old, new, steps), impl.Context(run_id))
+        relocate_and_kill(state, run_id, h.old, new, None, n)
+        journal = executor.journal_for(state, run_id)
+        with pytest.raises(executor.RefusedError, match="rolling-back"):
+            executor.resume(journal, impl.Context(run_id))
+        assert executor.rollback(journal, impl.Context(run_id)).state == "rolled-back"
+        assert (h.config.read_bytes(), h.toml.read_bytes()) == original, n
+        assert not any(new.iterdir()) and not any(ctd_new.iterdir()), n
