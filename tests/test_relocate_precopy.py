@@ -90,9 +90,14 @@ def test_verify_hashes_what_changed_since_the_precopy(tmp_path: Path) -> None:
     perform(S.Copy(str(old), str(new), "", marker), ctx)
     perform(S.VerifyCopy(str(old), str(new), marker), ctx)
     assert (new / "containers/c/c-json.log").read_text() == "line 0\nline 1\n"
-    # A change the final pass's quick check misses: sizes agree, only a hash tells.
+    # A change rsync's quick check misses (sizes and mtimes agree): the final pass after a
+    # pre-copy rewrites it all the same (its ctime is after the pre-copy began) ...
     _same_size_same_mtime(old / "overlay2/x/diff/layer", b"b" * 8192)
     perform(S.Copy(str(old), str(new), "", marker), ctx)
+    assert (new / "overlay2/x/diff/layer").read_bytes() == b"b" * 8192
+    perform(S.VerifyCopy(str(old), str(new), marker), ctx)
+    # ... and the verification hashes it: a copy that missed it is caught.
+    _same_size_same_mtime(old / "overlay2/x/diff/layer", b"c" * 8192)
     assert compare(str(old), str(new))[1] == []  # by metadata alone, nothing differs
     with pytest.raises(RelocationFailed, match=r"overlay2/x/diff/layer: differs in extra"):
         perform(S.VerifyCopy(str(old), str(new), marker), ctx)
@@ -155,3 +160,24 @@ def test_killed_after_any_record_of_a_precopy_run(tmp_path: Path) -> None:
                 assert compare(str(old), str(new))[1] == [], label
                 assert daemonjson.read(cfg) == daemonjson.switched(original, "/new"), label
                 daemonjson.write_atomic(cfg, original)
+
+
+def test_the_final_pass_rewrites_what_the_quick_check_cannot_see(tmp_path: Path) -> None:
+    """A bbolt file changed through mmap after the pre-copy read it keeps its size and
+    mtime (seen: BuildKit's history_c8d.db on 28.5); rsync's quick check skips it. The
+    final pass after a pre-copy rewrites the metadata files in place (hard links kept)."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "buildkit").mkdir(parents=True)
+    db = old / "buildkit/history_c8d.db"
+    db.write_bytes(b"A" * 8192)
+    os.link(db, old / "buildkit/linked.db")
+    marker = S.marker_for("r")
+    perform(S.PreCopy(str(old), str(new), "", marker), Context("r"))
+    st = os.stat(db)
+    with open(db, "r+b") as fh:  # same size; mtime put back as an mmap write leaves it
+        fh.write(b"B" * 4096)
+    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns))
+    perform(S.Copy(str(old), str(new), "", marker), Context("r"))
+    assert (new / "buildkit/history_c8d.db").read_bytes() == db.read_bytes()
+    assert os.stat(new / "buildkit/history_c8d.db").st_nlink == 2
+    perform(S.VerifyCopy(str(old), str(new), marker), Context("r"))

@@ -28,7 +28,7 @@ from dockergc.relocate import configs, daemonjson
 from dockergc.relocate import progress as P
 from dockergc.relocate import steps as S
 from dockergc.relocate.targetfs import filesystem_of
-from dockergc.relocate.verify import compare
+from dockergc.relocate.verify import SKIP_TOP, compare, is_metadata
 from dockergc.render.interface import human_bytes
 from dockergc.store.snapshot import read_pins
 
@@ -189,11 +189,74 @@ def _prepare_target(step: S.Copy | S.PreCopy, ctx: Context) -> None:
 
 @implementation_for(S.Copy)
 def _copy(step: S.Copy, ctx: Context) -> None:
+    """The final pass (--delete, the daemon stopped). After a pre-copy (the target holds
+    the marker already) a second pass rewrites in place, times ignored, the files rsync's
+    quick check (size and mtime) cannot be trusted with: the metadata files the daemons
+    keep in bbolt (written through mmap, their mtime may lag their contents: seen on
+    BuildKit's history_c8d.db of a 28.5 dockerd) and every file whose ctime is at or after
+    the pre-copy's start. They are the ones the verification hashes."""
+    marked_before = bool(step.marker) and _holds_marker(Path(step.new), step.marker)
     _prepare_target(step, ctx)
     returncode, errors, _ = _rsync([*RSYNC, f"{step.old}/", f"{step.new}/"], ctx, S.label(step))
     if returncode != 0:
         last = (errors.strip().splitlines() or ["?"])[-1]
         raise RelocationFailed(f"copy failed (rsync exit {returncode}): {last}")
+    if marked_before:
+        since = os.lstat(Path(step.new, step.marker)).st_mtime - CHANGED_SLACK
+        _force_changed(step, ctx, since)
+
+
+# The forced pass: in place (hard links and the target's inode kept), times ignored.
+RSYNC_FORCED = [
+    "rsync",
+    "-aHAX",
+    "--numeric-ids",
+    "--sparse",
+    "--inplace",
+    "-I",
+    "--from0",
+    *P.RSYNC_PROGRESS,
+]
+
+
+def _force_changed(step: S.Copy, ctx: Context, since: float) -> None:
+    files = changed_files(step.old, since)
+    if not files:
+        return
+    with tempfile.NamedTemporaryFile(prefix="dockergc-forced-") as listing:
+        listing.write(b"".join(os.fsencode(f) + b"\0" for f in files))
+        listing.flush()
+        argv = [*RSYNC_FORCED, f"--files-from={listing.name}", f"{step.old}/", f"{step.new}/"]
+        returncode, errors, _ = _rsync(argv, ctx, S.label(step) + " (changed files)")
+    if returncode != 0:
+        last = (errors.strip().splitlines() or ["?"])[-1]
+        raise RelocationFailed(f"copy of changed files failed (rsync exit {returncode}): {last}")
+    ctx.record({"step": S.label(step), "forced_files": len(files)})
+
+
+def changed_files(old: str, since: float) -> list[str]:
+    """Regular files under ``old`` (relative) that are metadata (verify.is_metadata) or
+    whose ctime is at or after ``since``: one walk, never across a filesystem or through
+    a symlink, the top-level .dockergc and markers skipped (as rsync and verify do)."""
+    dev = os.lstat(old).st_dev
+    out: list[str] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(old, rel_dir)) as it:
+            entries = list(it)
+        for entry in entries:
+            if not rel_dir and (entry.name in SKIP_TOP or entry.name.startswith(S.MARKER_PREFIX)):
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
+                stack.append(rel)
+            elif stat.S_ISREG(st.st_mode) and (
+                st.st_ctime >= since or is_metadata(rel, st.st_size)
+            ):
+                out.append(rel)
+    return sorted(out)
 
 
 @dataclass(frozen=True)

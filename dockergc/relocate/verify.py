@@ -24,6 +24,7 @@ METADATA_PREFIXES = (
     "containers/",
     "buildkit/",
     "volumes/metadata.db",
+    "network/",  # libnetwork's bbolt store
     # containerd's root (moved with the data root on a containerd image store host)
     "io.containerd.metadata.v1.bolt/",
     "io.containerd.snapshotter.v1.overlayfs/metadata.db",
@@ -32,6 +33,12 @@ METADATA_PREFIXES = (
 METADATA_MAX = 64 * 2**20  # larger metadata files are compared by size, as layer files
 HASH_WORKERS = 4  # a disk serves a few reads at once better than one
 SKIP_TOP = (".dockergc",)  # and a relocation's marker (MARKER_PREFIX): not the daemon's
+
+
+def is_metadata(rel: str, size: int) -> bool:
+    """A metadata file the daemons parse (or keep in bbolt): hashed by the verification,
+    rewritten by the final pass after a pre-copy."""
+    return rel.startswith(METADATA_PREFIXES) and size <= METADATA_MAX
 
 
 @dataclass(frozen=True)
@@ -143,8 +150,7 @@ def compare(
                 sa, sb = ea.stat(follow_symlinks=False), eb.stat(follow_symlinks=False)
                 before, after = _entry(ea.path, sa), _entry(eb.path, sb)
                 hashed = before.kind == "f" and (
-                    (rel.startswith(METADATA_PREFIXES) and sa.st_size <= METADATA_MAX)
-                    or (since is not None and sa.st_ctime >= since)
+                    is_metadata(rel, sa.st_size) or (since is not None and sa.st_ctime >= since)
                 )
                 if before != after:
                     fields = [
