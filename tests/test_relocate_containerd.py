@@ -460,9 +460,9 @@ def test_downtime_estimates_from_the_walk_and_the_read_rate() -> None:
     from dockergc.relocate.preflight import downtime_estimates
 
     precopy, offline = downtime_estimates(10 * 2**30, 2.0, 100 * 2**20)
-    assert precopy == 13.0  # 4 walks (final pass and verification, both trees) + 5 s
-    assert offline == round(10 * 1024 / 100 + 8 + 5, 1)
-    assert downtime_estimates(10 * 2**30, 2.0, None) == (13.0, None)
+    assert precopy == 15.0  # 5 walks (final pass: both trees + the forced list; verify) + 5 s
+    assert offline == round(10 * 1024 / 100 + 4 + 5, 1)  # the copy + verify's 2 walks + 5 s
+    assert downtime_estimates(10 * 2**30, 2.0, None) == (15.0, None)
 
 
 def test_the_read_rate_reads_only_the_roots_regular_files(tmp_path: Path) -> None:

@@ -346,17 +346,18 @@ def downtime_estimates(
 ) -> tuple[float, float | None]:
     """(seconds down with the pre-copy, with --offline; None: no read rate measured).
 
-    With the pre-copy the daemons are down for the final pass and the verification, each
-    of which walks both trees (each walk about what preflight's walk of the old roots
-    took: 4 of them), plus the delta written during the last pre-copy pass (unknown
-    here: the pre-copy prints the estimate from its measured last pass), plus stopping
-    and starting. Offline, the whole copy (the bytes at the read rate measured here; a
-    slower target disk makes it longer) and the same verification."""
-    walks = 4 * walk_seconds
+    With the pre-copy the daemons are down for the final pass (rsync walks both trees,
+    then the old one is walked again for the files it rewrites regardless) and the
+    verification (both trees): 5 walks, each about what preflight's walk of the old roots
+    took, plus the delta written during the last pre-copy pass (unknown here: the
+    pre-copy prints the estimate from its measured last pass), plus stopping and
+    starting. Offline, the whole copy (the bytes at the read rate measured here; a slower
+    target disk makes it longer) and the verification's 2 walks."""
+    walks = 5 * walk_seconds
     precopy = round(walks + STOP_START_SECONDS, 1)
     if rate is None:
         return precopy, None
-    return precopy, round(total_bytes / rate + walks + STOP_START_SECONDS, 1)
+    return precopy, round(total_bytes / rate + 2 * walk_seconds + STOP_START_SECONDS, 1)
 
 
 def check_downtime(pf: Preflight, roots: list[Path]) -> None:
@@ -375,7 +376,7 @@ def check_downtime(pf: Preflight, roots: list[Path]) -> None:
         "downtime estimate",
         True,
         f"about {pf.downtime_precopy:.0f} s with the pre-copy (the final pass and the "
-        f"verification walk both trees of {pf.entries + pf.ctd_entries} entries: "
+        f"verification walk the {pf.entries + pf.ctd_entries} entries 5 times: "
         f"{pf.walk_seconds:.1f} s a walk here; plus what the daemon writes during the "
         "pre-copy's last pass, printed once it is measured; plus up to 10 s for "
         f"containers that ignore SIGTERM){offline}",
