@@ -151,20 +151,34 @@ def refuse_if_unwritable(root: Path, *others: Path) -> None:
             raise RefusedError(f"refusing: {path} is not writable by this user (run as root)")
 
 
-def relocation_facts(root: Path, new: Path, config: Path, host: str) -> tuple[Any, int, int]:
+def relocation_facts(
+    root: Path,
+    new: Path,
+    config: Path,
+    host: str,
+    store: str = "overlay2",
+    containerd: Any = None,
+) -> tuple[Any, int, int]:
     """Preflight for moving ``root`` to ``new``, with the image and container counts the
-    daemon must report afterwards (read from the metadata, not from the daemon)."""
+    daemon must report afterwards (read from the metadata, not from the daemon). On the
+    containerd image store (``store``) images are containerd's: their count is the one
+    the daemon reports now, or -1 (not checked) when it does not answer on ``root``;
+    ``containerd`` (relocate.preflight.ContainerdPlan) is containerd's side."""
     from dockergc import daemon
     from dockergc.relocate.preflight import preflight
 
     snap = gather(root)
+    images = len(snap.images.images) if store == "overlay2" else -1
     try:
         state = daemon.engine_state(host)
-        running = list(state.running) if os.path.realpath(state.root) == str(root) else []
+        here = os.path.realpath(state.root) == str(root)
+        running = list(state.running) if here else []
+        if here and store != "overlay2":
+            images = state.images
     except daemon.EngineUnavailable:
         running = sorted(c.name for c in snap.containers.containers if c.running)
-    pf = preflight(root, new, config, running)
-    return pf, len(snap.images.images), len(snap.containers.containers)
+    pf = preflight(root, new, config, running, store=store, containerd=containerd)
+    return pf, images, len(snap.containers.containers)
 
 
 def disk_used_percent(root: Path) -> float:

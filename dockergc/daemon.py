@@ -36,6 +36,10 @@ __all__ = [
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 SYSTEMD_STOP = "systemctl stop docker.socket docker.service"
 SYSTEMD_START = "systemctl start docker.socket docker.service"
+# Moving containerd's root too (containerd image store): containerd stops after dockerd
+# and starts before it.
+SYSTEMD_STOP_WITH_CONTAINERD = "systemctl stop docker.socket docker.service containerd.service"
+SYSTEMD_START_WITH_CONTAINERD = "systemctl start containerd.service docker.socket docker.service"
 
 
 class EngineUnavailable(DockerGCError):

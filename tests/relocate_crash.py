@@ -27,6 +27,12 @@ else:
 append, count = Journal.append, [0]
 def append_then_die(self, record):
     append(self, record)
+    if kill_after.startswith("progress="):  # the first progress record of that pass
+        if record.get("type") == "progress" and str(record.get("step")) == kill_after[9:]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+    if record.get("type") == "progress":
+        return  # rsync's, timed: not counted, so that a label names the same record
     count[0] += 1
     if count[0] == int(kill_after):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -36,15 +42,20 @@ act(journal, executor.Context(run_id))
 
 
 def record_labels(steps: list[S.Step]) -> list[str]:
-    """What the journal of a run of ``steps`` holds after ``begin``, one label a record."""
-    labels = [f"{kind}-{i}-{s.name}" for i, s in enumerate(steps) for kind in ("intent", "done")]
+    """What the journal of a run of ``steps`` holds after ``begin``, one label a record
+    (``progress`` records aside: they come with time, not with steps): "intent-6-copy",
+    "done-6-copy-containerd" (a step run for containerd's root), ..., "end"."""
+    names = [S.label(s).replace(" (", "-").replace(")", "") for s in steps]
+    labels = [f"{kind}-{i}-{n}" for i, n in enumerate(names) for kind in ("intent", "done")]
     return [*labels, "end"]
 
 
 def relocate_and_kill(
-    state: Path, run_id: str, old: Path, new: Path, steps: list[S.Step] | None, n: int
+    state: Path, run_id: str, old: Path, new: Path, steps: list[S.Step] | None, n: int | str
 ) -> None:
-    """Run ``steps`` in a child SIGKILLed right after journal record ``n`` (1-based);
+    """Run ``steps`` in a child SIGKILLed right after journal record ``n`` (1-based, not
+    counting ``progress`` records), or with ``n`` = "progress=<pass>" right after that
+    pass's first progress record (e.g. "pre-copy pass 1 (containerd)": in the pre-copy);
     without ``steps``, roll back the run ``run_id`` instead, killed the same way."""
     how = "rollback"
     if steps is not None:

@@ -235,7 +235,7 @@ def test_preflight_sizes_are_human(tmp_path: Path) -> None:
     detail = next(c.detail for c in pf.checks if c.name == "free space")
     assert re.fullmatch(
         r"[\d.]+ (B|KiB|MiB|GiB|TiB) free on target, need [\d.]+ MiB "
-        r"\([\d.]+ (KiB|MiB) to copy \+ margin\)",
+        r"\([\d.]+ (KiB|MiB) to copy \+ [\d.]+ MiB margin: 5% of it, at least 64.0 MiB\)",
         detail,
     ), detail
 

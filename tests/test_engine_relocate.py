@@ -129,16 +129,39 @@ def relocate_cli(
     return proc
 
 
+# A container writing a line every 10 ms into its volume all through the move; SIGTERM
+# (the daemon's stop) ends it at once.
+WRITER = "trap 'exit 0' TERM; i=0; while :; do echo line $i >> /v/log; i=$((i+1)); sleep 0.01; done"
+
+
 def test_relocate_to_a_new_disk_and_finalize(host: tuple[Engine, str, str, Path]) -> None:
+    """The default: pre-copy while a container writes, stop, final pass, verify, switch.
+    Every line written before the stop is on the new root (the old root is frozen from
+    the stop on, so the two logs must be equal), whiteouts and opaque dirs intact."""
     e, stop, start, tmp = host
+    e.run(
+        *("run", "-d", "--network", "none", "-v", "vol1:/v", "--name", "writer", "base:1"),
+        *("sh", "-c", WRITER),
+    )
     before = state_of(e)
     with loop_fs(1200) as disk:
         new = disk / "docker"
         dry = relocate_cli(e, stop, start, new, tmp / "state", "--dry-run").stdout
         assert "preflight passed" in dry and f"bind mount {tmp}/bind-src" in dry
-        assert state_of(e) == before  # the dry run changed nothing
-        out = json.loads(relocate_cli(e, stop, start, new, tmp / "state", "--json").stdout)
+        assert state_of(e)[0] == before[0]  # the dry run changed nothing
+        proc = relocate_cli(e, stop, start, new, tmp / "state", "--json")
+        out = json.loads(proc.stdout)
         assert out["state"] == "relocated", out
+        assert [s["step"] for s in out["steps"]][:2] == ["pre-copy", "stop-daemon"]
+        assert 0 < out["downtime_seconds"] < 60 and "estimated downtime" not in proc.stdout
+        (journal,) = (tmp / "state/relocations").glob("*/journal.jsonl")
+        records = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert records[-1]["downtime_seconds"] == out["downtime_seconds"]
+        assert any("downtime_estimate" in r for r in records)
+        log = "volumes/vol1/_data/log"
+        written = (e.root / log).read_text().splitlines()
+        assert (new / log).read_text().splitlines() == written
+        assert written == [f"line {i}" for i in range(len(written))] and len(written) > 50
         assert json.loads(e.config.read_text())["data-root"] == str(new)
         assert state_of(e) == (str(new), before[1], before[2])
         assert_intact(e, new)

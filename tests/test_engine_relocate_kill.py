@@ -121,7 +121,7 @@ def back_on_the_old_root(host: Host) -> Iterator[None]:
         host.e._wait(host.on_old_root, 60, "dockerd on the old root")
 
 
-def _plan(host: Host, new: Path, run_id: str) -> list[S.Step]:
+def _plan(host: Host, new: Path, run_id: str, precopy: bool = False) -> list[S.Step]:
     control = Control(host.stop, host.start, f"unix://{host.e.sock}", host.e.config)
     return plan_relocation(
         host.e.root,
@@ -131,6 +131,7 @@ def _plan(host: Host, new: Path, run_id: str) -> list[S.Step]:
         *host.counts,
         False,
         config_sha256=daemonjson.sha256_of(host.e.config),
+        precopy=precopy,
     )
 
 
@@ -145,8 +146,48 @@ LABELS = record_labels(
 @pytest.mark.parametrize("how", ["rollback", "resume"])
 @pytest.mark.parametrize("n", range(1, len(LABELS) + 1), ids=LABELS)
 def test_killed_after_any_journal_record(host: Host, n: int, how: str, tmp_path: Path) -> None:
+    _killed_then(host, n, how, tmp_path, LABELS, precopy=False)
+
+
+# The pre-copy plan's own records: killed during the pre-copy (the daemon still runs:
+# nothing to undo but the partial copy), right after it, during the final pass and
+# during the verification (the daemon stopped). The rest is the offline plan's.
+PRE_LABELS = record_labels(
+    plan_relocation(
+        Path("/o"),
+        Path("/n"),
+        Control("", "", "", Path("/c")),
+        "r",
+        0,
+        0,
+        False,
+        config_sha256="",
+        precopy=True,
+    )
+)
+PRE_KILLS = [
+    "intent-0-pre-copy",
+    "progress=pre-copy pass 1",  # between the pre-copy's passes
+    "done-0-pre-copy",
+    "intent-3-copy",
+    "intent-4-verify-copy",
+]
+
+
+@pytest.mark.parametrize("how", ["rollback", "resume"])
+@pytest.mark.parametrize("label", PRE_KILLS)
+def test_a_precopy_run_killed_at_its_new_steps(
+    host: Host, label: str, how: str, tmp_path: Path
+) -> None:
+    n = label if label.startswith("progress=") else PRE_LABELS.index(label) + 1
+    _killed_then(host, n, how, tmp_path, PRE_LABELS, precopy=True)
+
+
+def _killed_then(
+    host: Host, n: int | str, how: str, tmp_path: Path, labels: list[str], precopy: bool
+) -> None:
     new, state, run_id = host.disk / "docker", tmp_path / "state", new_run_id()
-    relocate_and_kill(state, run_id, host.e.root, new, _plan(host, new, run_id), n)
+    relocate_and_kill(state, run_id, host.e.root, new, _plan(host, new, run_id, precopy), n)
     if how == "rollback":
         proc = run_cli(
             "relocate", "rollback", run_id, "--state-dir", str(state), "--yes", check=None
@@ -156,7 +197,7 @@ def test_killed_after_any_journal_record(host: Host, n: int, how: str, tmp_path:
         assert not new.exists() or not any(new.iterdir())
         host.assert_runs_on(host.e.root)
         return
-    wanted = 2 if LABELS[n - 1] == "end" else 0  # a finished run has nothing to resume
+    wanted = 2 if isinstance(n, int) and labels[n - 1] == "end" else 0  # finished: nothing to do
     run_cli("relocate", "--resume", run_id, "--state-dir", str(state), "--yes", check=wanted)
     doc = json.loads(host.e.config.read_bytes())
     assert doc == {**json.loads(host.original), "data-root": str(new)}

@@ -80,7 +80,8 @@ def test_one_relocation_command_at_a_time(tmp_path: Path) -> None:
     config.write_bytes(CONFIG)
     stopping = tmp_path / "stopping"
     holder = _dockergc(
-        *("relocate", "--to", str(new), "--root", str(old), "--config-file", str(config)),
+        *("relocate", "--offline", "--to", str(new), "--root", str(old)),
+        *("--config-file", str(config)),
         *("--stop-cmd", f"sh -c 'touch {stopping}; exec sleep 60'", "--start-cmd", "true"),
         *("--host", f"unix://{tmp_path}/none.sock", "--state-dir", str(state), "--yes"),
     )
@@ -183,7 +184,7 @@ def _relocate_cli(
     host: str, config: Path, old: Path, new: Path, state: Path, rsync: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """``dockergc relocate --to NEW`` with fake stop/start commands and the fake engine."""
-    args = ["--to", str(new), "--root", str(old), "--config-file", str(config)]
+    args = ["--offline", "--to", str(new), "--root", str(old), "--config-file", str(config)]
     args += ["--host", host, "--stop-cmd", "true", "--start-cmd", "true"]
     return _dockergc_cli([*args, "--state-dir", str(state), "--yes"], state, rsync)
 
@@ -442,7 +443,8 @@ def test_rollback_checks_daemon_json_before_stopping_the_daemon(
     daemon is not stopped), one line naming daemon.json, the backup and what to do."""
     host, config = fake_engine
     old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
-    args = ["--to", str(new), "--root", str(old), "--config-file", str(config), "--host", host]
+    args = ["--offline", "--to", str(new), "--root", str(old), "--config-file", str(config)]
+    args += ["--host", host]
     args += ["--stop-cmd", _logging(tmp_path, "stop"), "--start-cmd", _logging(tmp_path, "start")]
     assert _dockergc_cli([*args, "--state-dir", str(state), "--yes"], state, "").returncode == 0
     (run_id,) = executor.list_runs_in(state)
@@ -468,7 +470,8 @@ def test_a_busy_bind_mount_stops_the_rollback_before_removing_the_copy(
     the fstab line, not to add it."""
     host, config = fake_engine
     old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
-    args = ["--to", str(new), "--root", str(old), "--config-file", str(config), "--host", host]
+    args = ["--offline", "--to", str(new), "--root", str(old), "--config-file", str(config)]
+    args += ["--host", host]
     args += ["--bind", "--stop-cmd", "true", "--start-cmd", _logging(tmp_path, "start")]
     assert _dockergc_cli([*args, "--state-dir", str(state), "--yes"], state, "").returncode == 0
     (run_id,) = executor.list_runs_in(state)
@@ -513,7 +516,8 @@ def test_ctrl_c_during_rollback_finishes_the_undo_and_says_how_to_go_on(
     host, config = fake_engine
     old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
     slow = tmp_path / "slow"
-    args = ["--to", str(new), "--root", str(old), "--config-file", str(config), "--host", host]
+    args = ["--offline", "--to", str(new), "--root", str(old), "--config-file", str(config)]
+    args += ["--host", host]
     start = f"sh -c 'if [ -e {slow} ]; then touch {slow}.started; sleep 2; fi'"
     args += ["--stop-cmd", "true", "--start-cmd", start]
     assert _dockergc_cli([*args, "--state-dir", str(state), "--yes"], state, "").returncode == 0

@@ -53,6 +53,11 @@ class RelocationView:
     error: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     fstab: str = ""  # --bind mode: the line that makes the mount permanent
+    # Stop command issued -> Engine API answering on the new root (None: not measured).
+    downtime_seconds: float | None = None
+    # containerd's root, when it moved too (a containerd image store host): old, new.
+    containerd_old: str = ""
+    containerd_new: str = ""
 
 
 def journal_for(state_dir: Path, run_id: str) -> Journal:
@@ -75,6 +80,19 @@ def daemons_on(old: Path) -> str:
     return "; ".join(d.describe() for d in daemon.daemons_using(old))
 
 
+def old_roots(plan: list[S.Step]) -> list[Path]:
+    """Every root the plan copies from: the data root, and containerd's when it moves."""
+    return [Path(s.old) for s in plan if isinstance(s, S.Copy)]
+
+
+def daemons_on_any(roots: list[Path]) -> tuple[str, Path | None]:
+    """(the daemons that use the first of ``roots`` any daemon uses, that root)."""
+    for root in roots:
+        if users := daemons_on(root):
+            return users, root
+    return "", None
+
+
 def begin(state_dir: Path, run_id: str, old: Path, new: Path, plan: list[S.Step]) -> Journal:
     journal = journal_for(state_dir, run_id)
     journal.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -92,17 +110,20 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
         with _stop_between_steps(RELOCATION_SIGNALS) as stop:
             return run(journal, replace(ctx, stop=stop), start)
     head = _begin(journal)
-    plan, old = [S.step_from_dict(d) for d in head["steps"]], Path(head["old"])
+    plan = [S.step_from_dict(d) for d in head["steps"]]
+    olds = old_roots(plan) or [Path(head["old"])]
     for i in range(start, len(plan)):
         step = plan[i]
         if ctx.stop.requested:
             _interrupted(journal, ctx, ctx.stop, step, None)
         journal.append({"type": "intent", "seq": i, "step": S.step_dict(step)})
-        ctx.progress(f"[{i + 1}/{len(plan)}] {step.name}")
+        ctx.progress(f"[{i + 1}/{len(plan)}] {S.label(step)}")
         t0 = time.monotonic()
         try:
-            if isinstance(step, S.NEEDS_STOPPED) and (users := daemons_on(old)):
-                raise RefusedError(f"{users} uses the old root {old} again")
+            if isinstance(step, S.NEEDS_STOPPED):
+                users, used = daemons_on_any(olds)
+                if users:
+                    raise RefusedError(f"{users} uses the old root {used} again")
             if ctx.before_step:
                 ctx.before_step(step)
             perform(step, replace(ctx, record=_progress_to(journal, i)))
@@ -110,13 +131,43 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
             journal.append({"type": "fault", "seq": i, "error": str(exc)})
             if ctx.stop.requested:  # the terminal's SIGINT reaches rsync and the commands too
                 _interrupted(journal, ctx, ctx.stop, step, exc)
-            ctx.progress(f"{step.name} failed: {exc}; rolling back")
+            ctx.progress(f"{S.label(step)} failed: {exc}; rolling back")
             outcome = _roll_back_after(journal, ctx)
-            raise RelocationFailed(f"relocation failed at {step.name}: {exc}; {outcome}") from exc
-        ctx.timings[step.name] = round(time.monotonic() - t0, 3)
-        journal.append({"type": "done", "seq": i, "seconds": ctx.timings[step.name]})
-    journal.append({"type": "end", "state": "relocated", "timings": ctx.timings})
+            raise RelocationFailed(
+                f"relocation failed at {S.label(step)}: {exc}; {outcome}"
+            ) from exc
+        ctx.timings[S.label(step)] = round(time.monotonic() - t0, 3)
+        done: dict[str, Any] = {"type": "done", "seq": i, "seconds": ctx.timings[S.label(step)]}
+        if isinstance(step, S.StartDaemon) and (down := downtime(journal, plan)) is not None:
+            done["downtime_seconds"] = down
+            ctx.progress(
+                f"downtime: {down:.1f} s (stop issued -> daemon answering on the new root)"
+            )
+        journal.append(done)
+    end: dict[str, Any] = {"type": "end", "state": "relocated", "timings": ctx.timings}
+    if (down := _recorded_downtime(journal.records())) is not None:
+        end["downtime_seconds"] = down
+    journal.append(end)
     return view_of(journal)
+
+
+def downtime(journal: Journal, plan: list[S.Step]) -> float | None:
+    """Seconds from the stop step's first intent (the stop command is issued right after
+    it) to now, the start step having just seen the daemon answer on its root. Journal
+    times are wall-clock: a resume in another process measures across the gap, which was
+    downtime too."""
+    for r in journal.records():
+        if r.get("type") == "intent" and isinstance(plan[int(r["seq"])], S.StopDaemon):
+            return round(time.time() - float(r["t"]), 3)
+    return None
+
+
+def _recorded_downtime(records: list[dict[str, Any]]) -> float | None:
+    found = None
+    for r in records:
+        if r.get("type") in ("done", "end") and "downtime_seconds" in r:
+            found = float(r["downtime_seconds"])
+    return found
 
 
 def _progress_to(journal: Journal, seq: int) -> Callable[[dict[str, Any]], None]:
@@ -142,7 +193,7 @@ def _interrupted(
         journal.append({"type": "fault", "error": f"interrupted by {name}", "signal": name})
     ctx.progress(f"{name}: rolling back")
     outcome = _roll_back_after(journal, ctx)
-    at = f"at {step.name}" + (f" ({exc})" if exc else "")
+    at = f"at {S.label(step)}" + (f" ({exc})" if exc else "")
     raise Interrupted(
         f"relocation {journal.run_id} interrupted ({name}) {at}; {outcome}", stop.signum
     ) from exc
@@ -249,6 +300,7 @@ def rollback(journal: Journal, ctx: Context) -> RelocationView:
     ran_on_new = any(isinstance(plan[i], S.StartDaemon) for i in started)
     if ran_on_new:
         stop = next(s for s in plan if isinstance(s, S.StopDaemon))
+        # The roots it runs on are in doubt: run the command, wait for nothing (below).
         _best_effort(journal, ctx, S.StopDaemon(stop.cmd, stop.start_cmd, stop.host, ""), failures)
         _stop_if_asked(journal, ctx, "stop-daemon")
     for i in started:
@@ -260,7 +312,7 @@ def rollback(journal: Journal, ctx: Context) -> RelocationView:
             failures.append("rollback stopped there: the copy is kept and the daemon not started")
             break
         if not isinstance(back, S.Noop):
-            _stop_if_asked(journal, ctx, back.name)
+            _stop_if_asked(journal, ctx, S.label(back))
     state = "rollback-failed" if failures else "rolled-back"
     journal.append({"type": "rollback-end", "state": state, "failures": failures})
     return view_of(journal)
@@ -270,7 +322,7 @@ def _best_effort(journal: Journal, ctx: Context, step: S.Step, failures: list[st
     if isinstance(step, S.Noop):
         return True
     journal.append({"type": "undo-intent", "step": S.step_dict(step)})
-    ctx.progress(f"rollback: {step.name}")
+    ctx.progress(f"rollback: {S.label(step)}")
     try:
         if isinstance(step, S.StopDaemon) and not step.root:
             daemon.run_command(step.cmd, ctx.timeout)  # the root it runs on is in doubt
@@ -278,7 +330,7 @@ def _best_effort(journal: Journal, ctx: Context, step: S.Step, failures: list[st
             perform(step, ctx)
         journal.append({"type": "undo-done", "step": step.name})
     except (DockerGCError, daemon.EngineUnavailable, OSError, ValueError) as exc:
-        failures.append(f"{step.name}: {exc}")
+        failures.append(f"{S.label(step)}: {exc}")
         journal.append({"type": "undo-fault", "step": step.name, "error": str(exc)})
         return False
     return True
@@ -309,11 +361,23 @@ def view_of(journal: Journal) -> RelocationView:
         if r.get("type") == "rollback-end":  # the latest rollback's own failures, if any
             undo_error = "; ".join(str(f) for f in r.get("failures") or [])
     done = {int(r["seq"]) for r in records if r.get("type") == "done"}
-    steps = [{"step": d["name"], "done": i in done} for i, d in enumerate(head["steps"])]
+    plan = [S.step_from_dict(d) for d in head["steps"]]
+    steps = [{"step": S.label(s), "done": i in done} for i, s in enumerate(plan)]
     bind = any(d["name"] == "bind-mount" for d in head["steps"])
     fstab = fstab_line(head["new"], head["old"]) if bind else ""
+    ctd = next((s for s in plan if isinstance(s, S.Copy) and s.what == S.CONTAINERD), None)
     return RelocationView(
-        journal.run_id, state, head["old"], head["new"], steps, undo_error or error, timings, fstab
+        journal.run_id,
+        state,
+        head["old"],
+        head["new"],
+        steps,
+        undo_error or error,
+        timings,
+        fstab,
+        _recorded_downtime(records) if state != "running" else None,
+        ctd.old if ctd else "",
+        ctd.new if ctd else "",
     )
 
 
@@ -421,15 +485,19 @@ def refuse_unsafe_resume(run_id: str, old: Path, plan: list[S.Step], first: int)
     may have meant to (service back, the move given up); a second downtime is the
     operator's call, made with the stop command, not a resume's."""
     for step in plan:  # every later step (verify, switch, start) needs the copy there
-        if isinstance(step, S.Copy):
+        if isinstance(step, (S.Copy, S.PreCopy)):
             refuse_if_target_moved(step)
     pending = plan[first:]
-    if not pending or isinstance(pending[0], S.StopDaemon):
-        return  # the resume starts by stopping it
-    if any(isinstance(s, S.NEEDS_STOPPED) for s in pending) and (users := daemons_on(old)):
+    # Up to the next stop step (the resume stops it there; a pre-copy runs beside it).
+    stop_at = next((i for i, s in enumerate(pending) if isinstance(s, S.StopDaemon)), None)
+    before_stop = pending if stop_at is None else pending[:stop_at]
+    if not any(isinstance(s, S.NEEDS_STOPPED) for s in before_stop):
+        return
+    users, used = daemons_on_any(old_roots(plan) or [old])
+    if users:
         stop = next((s.cmd for s in plan if isinstance(s, S.StopDaemon)), "")
         raise RefusedError(
-            f"refusing to resume relocation {run_id}: {users} uses the old root {old} "
+            f"refusing to resume relocation {run_id}: {users} uses the old root {used} "
             f"again; stop it ({stop or 'the stop command'}), then resume, or roll back"
         )
 
@@ -453,22 +521,27 @@ def finalize(journal: Journal, ctx: Context) -> RelocationView:
             "relocation can be finalized"
         )
     old = Path(view.old)
+    # containerd's old root too, when it moved (never in --bind mode).
+    olds = [old, *([Path(view.containerd_old)] if view.containerd_old else [])]
     # In --bind mode the daemon keeps using the old *path*; what is removed is what the
-    # bind mount hides, which nothing can reach. Otherwise nothing may use the old root.
+    # bind mount hides, which nothing can reach. Otherwise nothing may use an old root.
     if not view.fstab:
-        users = daemon.processes_using(old)
-        if users:
-            raise RefusedError(f"refusing to remove {old}: used by {', '.join(users)}")
-        pins, _ = read_pins(old)
-        busy = sorted(p for p in pins if p != str(old))
-        if busy:
-            raise RefusedError(f"refusing to remove {old}: {busy[0]} is mounted")
+        for root in olds:
+            users = daemon.processes_using(root) if root.is_dir() else []
+            if users:
+                raise RefusedError(f"refusing to remove {root}: used by {', '.join(users)}")
+            pins, _ = read_pins(root) if root.is_dir() else ({}, 0)
+            busy = sorted(p for p in pins if p != str(root))
+            if busy:
+                raise RefusedError(f"refusing to remove {root}: {busy[0]} is mounted")
     if view.state == "relocated":
         journal.append({"type": "finalize-begin"})
     if view.fstab:
         _remove_shadowed(old, journal, ctx)
     else:
-        _remove_entries(old, journal, ctx)
+        for root in olds:
+            if root.is_dir():
+                _remove_entries(root, journal, ctx)
     journal.append({"type": "finalize-end", "state": "finalized"})
     return view_of(journal)
 

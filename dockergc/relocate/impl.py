@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,12 @@ from dockergc.errors import DockerGCError, RefusedError
 from dockergc.execute import safefs
 from dockergc.execute.runner import _Stop
 from dockergc.registry import Registry
-from dockergc.relocate import daemonjson
+from dockergc.relocate import configs, daemonjson
 from dockergc.relocate import progress as P
 from dockergc.relocate import steps as S
 from dockergc.relocate.targetfs import filesystem_of
-from dockergc.relocate.verify import compare
+from dockergc.relocate.verify import SKIP_TOP, compare, is_metadata
+from dockergc.render.interface import human_bytes
 from dockergc.store.snapshot import read_pins
 
 RELOCATIONS = "relocations"
@@ -47,6 +49,19 @@ RSYNC = [
     *P.RSYNC_PROGRESS,
 ]
 PR_SET_PDEATHSIG = 1
+# rsync's exit codes a pre-copy pass of a live root shrugs off: files vanished (24) or
+# could not be read whole (23) while the daemon changed them. The final pass, with the
+# daemon stopped, must exit 0.
+LIVE_RSYNC_OK = (0, 23, 24)
+# Pre-copy passes: after the first (everything), go on while the delta shrinks, until
+# a pass takes at most PASS_SMALL_SECONDS or moves at most PASS_SMALL_BYTES.
+MAX_PASSES = 5
+PASS_SMALL_SECONDS = 5.0
+PASS_SMALL_BYTES = 64 * 2**20
+SHRINKING = 0.8  # a delta shrinks when it is at most this fraction of the previous one
+# What the ctime of a file the old root changed may lag behind the marker's mtime (both
+# the kernel's coarse clock): hash from this much before.
+CHANGED_SLACK = 2.0
 
 
 class RelocationFailed(DockerGCError):
@@ -77,6 +92,7 @@ class Context:
     copy_display: P.Display | None = None
     record: Callable[[dict[str, Any]], None] = lambda _: None
     journal_every: float = P.JOURNAL_EVERY
+    max_passes: int = MAX_PASSES
 
 
 STEPS = Registry("relocation step")
@@ -86,10 +102,14 @@ implementation_for = STEPS.implementation_for
 @implementation_for(S.StopDaemon)
 def _stop(step: S.StopDaemon, ctx: Context) -> None:
     daemon.run_command(step.cmd, ctx.timeout)
-    root = Path(step.root)
+    for root in [Path(r) for r in (step.root, step.ctd_root) if r]:
+        _wait_no_daemon(root, ctx.timeout)
+
+
+def _wait_no_daemon(root: Path, timeout: float) -> None:
     daemon.wait_until_none(
         lambda: [d.describe() for d in daemon.daemons_using(root)],
-        ctx.timeout,
+        timeout,
         f"every daemon using {root} to exit",
     )
 
@@ -120,7 +140,7 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
-def refuse_if_target_moved(step: S.Copy) -> None:
+def refuse_if_target_moved(step: S.Copy | S.PreCopy) -> None:
     """Refuse unless the target is on the filesystem preflight found it on: with its disk
     not mounted, mkdir -p and rsync would fill the filesystem beneath (often /)."""
     if not step.fs:
@@ -155,8 +175,7 @@ def _write_marker(new: Path, marker: str, run_id: str) -> None:
     daemonjson.fsync_dir(new)
 
 
-@implementation_for(S.Copy)
-def _copy(step: S.Copy, ctx: Context) -> None:
+def _prepare_target(step: S.Copy | S.PreCopy, ctx: Context) -> None:
     refuse_if_target_moved(step)
     new = Path(step.new)
     new.mkdir(parents=True, exist_ok=True, mode=0o710)
@@ -166,18 +185,158 @@ def _copy(step: S.Copy, ctx: Context) -> None:
                 f"the target {new} is no longer empty and holds no {step.marker}; left as it is"
             )
         _write_marker(new, step.marker, ctx.run_id)
-    returncode, errors = _rsync([*RSYNC, f"{step.old}/", f"{step.new}/"], ctx)
+
+
+@implementation_for(S.Copy)
+def _copy(step: S.Copy, ctx: Context) -> None:
+    """The final pass (--delete, the daemon stopped). After a pre-copy (the target holds
+    the marker already) a second pass rewrites in place, times ignored, the files rsync's
+    quick check (size and mtime) cannot be trusted with: the metadata files the daemons
+    keep in bbolt (written through mmap, their mtime may lag their contents: seen on
+    BuildKit's history_c8d.db of a 28.5 dockerd) and every file whose ctime is at or after
+    the pre-copy's start. They are the ones the verification hashes."""
+    marked_before = bool(step.marker) and _holds_marker(Path(step.new), step.marker)
+    _prepare_target(step, ctx)
+    returncode, errors, _ = _rsync([*RSYNC, f"{step.old}/", f"{step.new}/"], ctx, S.label(step))
     if returncode != 0:
         last = (errors.strip().splitlines() or ["?"])[-1]
         raise RelocationFailed(f"copy failed (rsync exit {returncode}): {last}")
+    if marked_before:
+        since = os.lstat(Path(step.new, step.marker)).st_mtime - CHANGED_SLACK
+        _force_changed(step, ctx, since)
 
 
-def _rsync(argv: list[str], ctx: Context) -> tuple[int, str]:
+# The forced pass: in place (hard links and the target's inode kept), times ignored.
+RSYNC_FORCED = [
+    "rsync",
+    "-aHAX",
+    "--numeric-ids",
+    "--sparse",
+    "--inplace",
+    "-I",
+    "--from0",
+    *P.RSYNC_PROGRESS,
+]
+
+
+def _force_changed(step: S.Copy, ctx: Context, since: float) -> None:
+    files = changed_files(step.old, since)
+    if not files:
+        return
+    with tempfile.NamedTemporaryFile(prefix="dockergc-forced-") as listing:
+        listing.write(b"".join(os.fsencode(f) + b"\0" for f in files))
+        listing.flush()
+        argv = [*RSYNC_FORCED, f"--files-from={listing.name}", f"{step.old}/", f"{step.new}/"]
+        returncode, errors, _ = _rsync(argv, ctx, S.label(step) + " (changed files)")
+    if returncode != 0:
+        last = (errors.strip().splitlines() or ["?"])[-1]
+        raise RelocationFailed(f"copy of changed files failed (rsync exit {returncode}): {last}")
+    ctx.record({"step": S.label(step), "forced_files": len(files)})
+
+
+def changed_files(old: str, since: float) -> list[str]:
+    """Regular files under ``old`` (relative) that are metadata (verify.is_metadata) or
+    whose ctime is at or after ``since``: one walk, never across a filesystem or through
+    a symlink, the top-level .dockergc and markers skipped (as rsync and verify do)."""
+    dev = os.lstat(old).st_dev
+    out: list[str] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(old, rel_dir)) as it:
+            entries = list(it)
+        for entry in entries:
+            if not rel_dir and (entry.name in SKIP_TOP or entry.name.startswith(S.MARKER_PREFIX)):
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
+                stack.append(rel)
+            elif stat.S_ISREG(st.st_mode) and (
+                st.st_ctime >= since or is_metadata(rel, st.st_size)
+            ):
+                out.append(rel)
+    return sorted(out)
+
+
+@dataclass(frozen=True)
+class Pass:
+    seconds: float
+    bytes: int
+
+
+def enough_passes(passes: list[Pass], most: int = MAX_PASSES) -> bool:
+    """Whether the pre-copy may stop: the last pass was small, or the delta stopped
+    shrinking (the daemon writes as fast as a pass copies), or ``most`` passes ran. The
+    first pass copies everything and never counts as small: a second one measures the
+    delta the final pass will meet."""
+    if len(passes) >= most:
+        return True
+    if len(passes) < 2:
+        return False
+    last, before = passes[-1], passes[-2]
+    if last.seconds <= PASS_SMALL_SECONDS or last.bytes <= PASS_SMALL_BYTES:
+        return True
+    return last.bytes > before.bytes * SHRINKING
+
+
+def downtime_estimate(last: Pass, stop_start: float = 5.0) -> float:
+    """Seconds the daemon will be down: the final pass meets at most what changed during
+    the last pre-copy pass (so it takes at most about as long), the verification walks
+    both trees about as long again, plus stopping and starting the daemon
+    (``stop_start``; dockerd also waits up to 10 s for containers that ignore SIGTERM)."""
+    return round(2 * last.seconds + stop_start, 1)
+
+
+@implementation_for(S.PreCopy)
+def _precopy(step: S.PreCopy, ctx: Context) -> None:
+    """Copy while the daemon runs, pass after pass, then flush the new disk: the final
+    pass then writes only the delta, and the daemon's first fsync on the new root does not
+    wait for gigabytes of the pre-copy's dirty pages (that wait would be downtime)."""
+    _prepare_target(step, ctx)
+    passes: list[Pass] = []
+    while not enough_passes(passes, ctx.max_passes):
+        label = f"pre-copy pass {len(passes) + 1}" + (f" ({step.what})" if step.what else "")
+        t0 = time.monotonic()
+        returncode, errors, copied = _rsync(
+            [*RSYNC, f"{step.old}/", f"{step.new}/"], ctx, label=label
+        )
+        if returncode not in LIVE_RSYNC_OK:
+            last = (errors.strip().splitlines() or ["?"])[-1]
+            raise RelocationFailed(f"{label} failed (rsync exit {returncode}): {last}")
+        passes.append(Pass(round(time.monotonic() - t0, 3), copied or 0))
+        ctx.record({"step": label, "seconds": passes[-1].seconds, "bytes": passes[-1].bytes})
+    t0 = time.monotonic()
+    syncfs(Path(step.new))
+    flushed = round(time.monotonic() - t0, 3)
+    estimate = downtime_estimate(passes[-1])
+    ctx.record({"step": S.label(step), "flush_seconds": flushed, "downtime_estimate": estimate})
+    ctx.progress(
+        f"{S.label(step)}: {len(passes)} pass(es), the last {human_bytes(passes[-1].bytes)} in "
+        f"{passes[-1].seconds:.1f} s; new disk flushed in {flushed:.1f} s; estimated "
+        f"downtime about {estimate:.0f} s (plus up to 10 s for containers that ignore SIGTERM)"
+    )
+
+
+def syncfs(path: Path) -> None:
+    """Flush the filesystem ``path`` is on (syncfs(2), as ``sync -f``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _rsync(argv: list[str], ctx: Context, label: str = "copy") -> tuple[int, str, int | None]:
     """Run rsync to its end, with no time limit (Ctrl-C at a terminal reaches it too: it
     stops, the copy fails and the relocation rolls back); its progress lines go to
     ``ctx.copy_display`` and, throttled, to the journal. Its stderr is spooled to a file,
-    so neither pipe can fill and stall it. (exit code, stderr)."""
-    watcher = P.Watcher(ctx.copy_display, ctx.record, ctx.journal_every)
+    so neither pipe can fill and stall it. (exit code, stderr, bytes rsync last reported
+    copied or None)."""
+    watcher = P.Watcher(ctx.copy_display, ctx.record, ctx.journal_every, label=label)
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
             argv,
@@ -201,7 +360,8 @@ def _rsync(argv: list[str], ctx: Context) -> tuple[int, str]:
         if watching:
             _watched(watcher.finish, returncode == 0)
         errors.seek(max(0, os.fstat(errors.fileno()).st_size - 65536))  # the last line counts
-        return returncode, errors.read().decode("utf-8", "replace")
+        copied = watcher.latest.bytes if watcher.latest else None
+        return returncode, errors.read().decode("utf-8", "replace"), copied
 
 
 def _watched(call: Callable[[Any], None], arg: Any) -> bool:
@@ -243,7 +403,10 @@ def _remove_copy(step: S.RemoveCopy, ctx: Context) -> None:
 
 @implementation_for(S.VerifyCopy)
 def _verify(step: S.VerifyCopy, ctx: Context) -> None:
-    count, diffs = compare(step.old, step.new)
+    since = None
+    if step.changed_since:  # the marker's mtime: when the pre-copy began
+        since = os.lstat(Path(step.new, step.changed_since)).st_mtime - CHANGED_SLACK
+    count, diffs = compare(step.old, step.new, since=since)
     if diffs:
         first = diffs[0]
         raise RelocationFailed(
@@ -357,26 +520,26 @@ def _switch(step: S.SwitchConfig, ctx: Context) -> None:
     now = daemonjson.digest(current)
     if now != step.original_sha256:
         original = None if step.original_sha256 is None else _verified_backup(step, "switch")
-        if now == daemonjson.digest(daemonjson.switched(original, step.new_root)):
+        if now == daemonjson.digest(configs.switched(step.kind, original, step.new_root)):
             return  # switched already (a resumed run)
         _conflict(step, "refusing to switch", now)
     if step.original_sha256 is not None:
         _verified_backup(step, "refusing to switch")  # never switch without a good backup
     like = os.stat(config) if current is not None else None
-    daemonjson.write_atomic(config, daemonjson.switched(current, step.new_root), like)
+    daemonjson.write_atomic(config, configs.switched(step.kind, current, step.new_root), like)
 
 
 def restorable(step: S.RestoreConfig) -> tuple[bool, bytes | None]:
-    """(whether daemon.json needs restoring, the original's bytes or None for no file);
-    ConfigConflict when the journal cannot account for it. Writes nothing: rollback asks
-    it before any undo runs."""
+    """(whether the config (daemon.json, containerd's config.toml) needs restoring, the
+    original's bytes or None for no file); ConfigConflict when the journal cannot account
+    for it. Writes nothing: rollback asks it before any undo runs."""
     config = Path(step.config)
     now = daemonjson.sha256_of(config)
     if now == step.original_sha256:
         return False, None  # the original is in place (or, as before, there is no file)
     what = f"cannot restore {config}"
     original = None if step.original_sha256 is None else _verified_backup(step, what)
-    if now != daemonjson.digest(daemonjson.switched(original, step.new_root)) and (
+    if now != daemonjson.digest(configs.switched(step.kind, original, step.new_root)) and (
         original is None or now is not None  # only a missing file is safe to put back
     ):
         _conflict(step, what, now)
@@ -406,6 +569,17 @@ def _start(step: S.StartDaemon, ctx: Context) -> None:
             return False
 
     daemon.wait_until(on_root, ctx.timeout, f"the daemon to answer on {step.expect_root}")
+    if step.expect_ctd_root:
+        ctd_root = Path(step.expect_ctd_root)
+        daemon.wait_until(
+            lambda: containerd_on(ctd_root), ctx.timeout, f"containerd to run on {ctd_root}"
+        )
+
+
+def containerd_on(root: Path) -> bool:
+    """Whether a running containerd uses ``root`` as its root (found by identity in its
+    own mount namespace, as every daemon check)."""
+    return any(d.kind == "containerd" for d in daemon.daemons_using(root))
 
 
 @implementation_for(S.PostVerify)
@@ -413,6 +587,8 @@ def _post_verify(step: S.PostVerify, ctx: Context) -> None:
     state = daemon.engine_state(step.host)
     got = (os.path.realpath(state.root), state.images, state.containers)
     want = (step.root, step.images, step.containers)
+    if step.images < 0:  # not known before the move (containerd store, daemon stopped)
+        got, want = (got[0], -1, got[2]), (want[0], -1, want[2])
     if got != want:
         raise RelocationFailed(
             f"after the move the daemon reports root, images, containers {got}, expected {want}"

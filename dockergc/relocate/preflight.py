@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,22 @@ import psutil
 
 from dockergc.host.detect import scan
 from dockergc.measure import measure
-from dockergc.relocate import daemonjson
+from dockergc.relocate import ctdconfig, daemonjson
 from dockergc.relocate.targetfs import filesystem_of
 from dockergc.render.interface import human_bytes
 from dockergc.store.fsread import UnreadableFile, read_text
+from dockergc.stores.containerd.locate import root_serving
+from dockergc.stores.containerd.metadb import read_metadb
+from dockergc.stores.containerd.records import MOBY, MOBY_HISTORY
 
-MARGIN_BYTES = 512 * 2**20
+# Free space wanted beyond the bytes to copy: a share of them (metadata blocks, what the
+# daemon writes during a pre-copy), at least a floor (a small root on a small disk).
 MARGIN_RATIO = 0.05
+MARGIN_FLOOR = 64 * 2**20
+
+
+def margin_for(bytes_to_copy: int) -> int:
+    return max(int(bytes_to_copy * MARGIN_RATIO), MARGIN_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,25 @@ class Preflight:
     selinux: bool = False
     config_sha256: str | None = None  # daemon.json as read here; None: there is none
     target_fs: str = ""  # the filesystem the target is on (targetfs.filesystem_of)
+    store: str = "overlay2"  # the image store: overlay2 (graphdriver) or containerd
+    # containerd's root, moved too on a containerd image store host (--containerd-to):
+    ctd_old: str = ""
+    ctd_new: str = ""
+    ctd_config: str = ""
+    ctd_config_sha256: str | None = None  # config.toml as read here; None: there is none
+    ctd_target_fs: str = ""
+    ctd_bytes: int = 0
+    ctd_entries: int = 0
+    # containerd namespaces other than dockerd's (k8s.io, default, ...): other clients of
+    # the containerd that is stopped and moved; "name (N images, M containers)".
+    other_namespaces: list[str] = field(default_factory=list)
+    # What the downtime estimate is made of: seconds the walk of the roots took here, the
+    # rate their files were read at here (bytes/s, None: too little to tell), and the
+    # estimates (seconds) with the pre-copy (the default) and --offline.
+    walk_seconds: float = 0.0
+    read_rate: float | None = None
+    downtime_precopy: float | None = None
+    downtime_offline: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -132,21 +162,52 @@ def _overlay_mount(probe: Path) -> tuple[str, bool, str]:
     return ("overlay mount (d_type)", True, "an overlay with its upper dir here mounts")
 
 
-def check_space(pf: Preflight, old: Path, new: Path) -> None:
+def _measured(pf: Preflight, old: Path) -> tuple[int, int]:
+    """(bytes, entries) of a root to copy; mounts under it are noted as not moving. The
+    walk's time is added to ``pf.walk_seconds`` (the downtime estimate's)."""
+    t0 = time.monotonic()
     usage = measure(str(old))
-    pf.bytes_to_copy = usage.bytes if usage else 0
-    pf.entries = usage.entries if usage else 0
+    pf.walk_seconds += time.monotonic() - t0
     if usage and usage.other_mounts:
         pf.not_moving += [f"{m} (another filesystem under the root)" for m in usage.other_mounts]
-    base = new if new.exists() else new.parent
-    free = psutil.disk_usage(str(base)).free
-    need = int(pf.bytes_to_copy * (1 + MARGIN_RATIO)) + MARGIN_BYTES
-    pf.add(
-        "free space",
-        free >= need,
-        f"{human_bytes(free)} free on target, need {human_bytes(need)} "
-        f"({human_bytes(pf.bytes_to_copy)} to copy + margin)",
-    )
+    return (usage.bytes, usage.entries) if usage else (0, 0)
+
+
+def check_space(
+    pf: Preflight, old: Path, new: Path, also: list[tuple[Path, int, str]] | None = None
+) -> None:
+    """Measure ``old`` and check the free space for it at ``new`` and for ``also``
+    (containerd's root: target, bytes, what), summed per filesystem."""
+    pf.bytes_to_copy, pf.entries = _measured(pf, old)
+    check_free_space(pf, [(new, pf.bytes_to_copy, "data root"), *(also or [])])
+
+
+def _base(new: Path) -> Path:
+    return new if new.exists() else new.parent
+
+
+def check_free_space(pf: Preflight, targets: list[tuple[Path, int, str]]) -> None:
+    """Free space for each filesystem the targets are on: what is copied there (both
+    roots' bytes when both targets share a disk) plus one margin of it. ``targets``:
+    (target, bytes to copy, what it is)."""
+    disks: dict[int, list[tuple[Path, int, str]]] = {}
+    for target in targets:
+        disks.setdefault(os.stat(_base(target[0])).st_dev, []).append(target)
+    for group in disks.values():
+        free = psutil.disk_usage(str(_base(group[0][0]))).free
+        copy = sum(b for _, b, _ in group)
+        margin = margin_for(copy)
+        need = copy + margin
+        what = " + ".join(f"{human_bytes(b)} {w}" for _, b, w in group) if len(targets) > 1 else ""
+        name = "free space" if len(targets) == 1 else f"free space on {_base(group[0][0])}"
+        pf.add(
+            name,
+            free >= need,
+            f"{human_bytes(free)} free on target, need {human_bytes(need)} "
+            f"({human_bytes(copy)} to copy{f' ({what})' if what else ''} + "
+            f"{human_bytes(margin)} margin: "
+            f"{MARGIN_RATIO:.0%} of it, at least {human_bytes(MARGIN_FLOOR)})",
+        )
 
 
 def check_config(pf: Preflight, config: Path) -> None:
@@ -189,7 +250,8 @@ def find_not_moving(pf: Preflight, old: Path) -> None:
         mount_opts = str(doc.get("MountOpts", "")) + str(doc.get("MountDevice", ""))
         if "device=" in mount_opts or doc.get("MountDevice"):
             pf.not_moving.append(f"volume {opts.parent.name} with device options {mount_opts}")
-    if Path("/var/lib/containerd").is_dir():
+    moved = pf.ctd_old and os.path.realpath("/var/lib/containerd") == pf.ctd_old
+    if Path("/var/lib/containerd").is_dir() and not moved:
         pf.not_moving.append(
             "/var/lib/containerd (containerd's own root; data-root does not move it)"
         )
@@ -222,13 +284,298 @@ def selinux_enforcing() -> bool:
         return False
 
 
-def preflight(old: Path, new: Path, config: Path, running: list[str]) -> Preflight:
+# The read-rate sample: at most this much of the roots' files, for at most this long.
+READ_SAMPLE_BYTES = 256 * 2**20
+READ_SAMPLE_SECONDS = 2.0
+STOP_START_SECONDS = 5.0  # stopping and starting the daemons (as impl.downtime_estimate)
+
+
+def read_rate(roots: list[Path]) -> float | None:
+    """Bytes/s at which the roots' regular files read here (a sample: the first files met
+    breadth-first, up to READ_SAMPLE_BYTES or READ_SAMPLE_SECONDS); None when under 1 MiB
+    could be read. Never follows a symlink, never leaves a root's filesystem, opens only
+    regular files (O_NOFOLLOW | O_NONBLOCK: a file swapped for a fifo does not block)."""
+    total, t0 = 0, time.monotonic()
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    for root in roots:
+        try:
+            dev = os.lstat(root).st_dev
+        except OSError:
+            continue
+        queue = [str(root)]
+        while queue and total < READ_SAMPLE_BYTES:
+            try:
+                with os.scandir(queue.pop(0)) as it:
+                    entries = list(it)
+            except OSError:
+                continue
+            for entry in entries:
+                if time.monotonic() - t0 > READ_SAMPLE_SECONDS or total >= READ_SAMPLE_BYTES:
+                    break
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_dev != dev:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        queue.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False) and st.st_size:
+                        total += _read_some(entry.path, flags, READ_SAMPLE_BYTES - total)
+                except OSError:
+                    continue
+            if time.monotonic() - t0 > READ_SAMPLE_SECONDS:
+                break
+    elapsed = time.monotonic() - t0
+    return total / elapsed if total >= 2**20 and elapsed > 0 else None
+
+
+def _read_some(path: str, flags: int, most: int) -> int:
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
+        got = 0
+        while got < most and (chunk := os.read(fd, min(1 << 20, most - got))):
+            got += len(chunk)
+        return got
+    finally:
+        os.close(fd)
+
+
+def downtime_estimates(
+    total_bytes: int, walk_seconds: float, rate: float | None
+) -> tuple[float, float | None]:
+    """(seconds down with the pre-copy, with --offline; None: no read rate measured).
+
+    With the pre-copy the daemons are down for the final pass (rsync walks both trees,
+    then the old one is walked again for the files it rewrites regardless) and the
+    verification (both trees): 5 walks, each about what preflight's walk of the old roots
+    took, plus the delta written during the last pre-copy pass (unknown here: the
+    pre-copy prints the estimate from its measured last pass), plus stopping and
+    starting. Offline, the whole copy (the bytes at the read rate measured here; a slower
+    target disk makes it longer) and the verification's 2 walks."""
+    walks = 5 * walk_seconds
+    precopy = round(walks + STOP_START_SECONDS, 1)
+    if rate is None:
+        return precopy, None
+    return precopy, round(total_bytes / rate + 2 * walk_seconds + STOP_START_SECONDS, 1)
+
+
+def check_downtime(pf: Preflight, roots: list[Path]) -> None:
+    pf.read_rate = read_rate(roots)
+    total = pf.bytes_to_copy + pf.ctd_bytes
+    pf.downtime_precopy, pf.downtime_offline = downtime_estimates(
+        total, pf.walk_seconds, pf.read_rate
+    )
+    offline = (
+        f"; --offline about {pf.downtime_offline:.0f} s ({human_bytes(total)} at "
+        f"{human_bytes(int(pf.read_rate or 0))}/s read here)"
+        if pf.downtime_offline is not None
+        else ""
+    )
+    pf.add(
+        "downtime estimate",
+        True,
+        f"about {pf.downtime_precopy:.0f} s with the pre-copy (the final pass and the "
+        f"verification walk the {pf.entries + pf.ctd_entries} entries 5 times: "
+        f"{pf.walk_seconds:.1f} s a walk here; plus what the daemon writes during the "
+        "pre-copy's last pass, printed once it is measured; plus up to 10 s for "
+        f"containers that ignore SIGTERM){offline}",
+        blocking=False,
+    )
+
+
+@dataclass(frozen=True)
+class ContainerdPlan:
+    """containerd's side of a containerd image store host: its root (as located), where
+    it moves (None: --containerd-to not given), its config.toml and socket."""
+
+    old: Path
+    new: Path | None
+    config: Path
+    address: str
+
+
+def _nested(a: Path, b: Path) -> bool:
+    return _inside(a, b) or _inside(b, a)
+
+
+def check_containerd_paths(pf: Preflight, old: Path, new: Path, ctd: ContainerdPlan) -> None:
+    assert ctd.new is not None
+    cn, co = ctd.new, ctd.old
+    pf.add(
+        "containerd root apart from the data root",
+        not _inside(co, old),
+        f"{co} is inside {old}: dockerd's own (managed) containerd, which moves with the data "
+        "root; drop --containerd-to"
+        if _inside(co, old)
+        else f"{co}",
+    )
+    pf.add("containerd target differs", cn != co, f"{cn} vs {co}")
+    clash = [str(p) for p in (old, new, co) if _nested(cn, p)]
+    pf.add(
+        "containerd target apart",
+        not clash,
+        f"{cn} is, holds or lies in {', '.join(clash)}" if clash else f"{cn}",
+    )
+    pf.add(
+        "data-root target apart from containerd's root",
+        not _nested(new, co),
+        f"{new} vs {co}",
+    )
+    if cn.exists():
+        empty = cn.is_dir() and not cn.is_symlink() and not any(cn.iterdir())
+        detail = f"{cn} exists" + ("" if empty else " and is not empty")
+        pf.add("containerd target empty", empty, detail)
+    else:
+        pf.add("containerd target parent exists", cn.parent.is_dir(), f"{cn.parent}")
+
+
+def check_containerd_config(pf: Preflight, ctd: ContainerdPlan) -> None:
+    """config.toml must name the root that moves, parse, and switch to the new root with
+    every other byte kept; its directory must take the backup and the atomic replace."""
+    config = ctd.config
+    try:
+        data = daemonjson.read(config)
+    except OSError as exc:
+        pf.add("containerd config readable", False, f"{config}: {exc.strerror}")
+        return
+    pf.ctd_config_sha256 = daemonjson.digest(data)
+    try:
+        named = os.path.realpath(ctdconfig.root_of(data))
+        pf.add(
+            "containerd config names the root",
+            named == str(ctd.old),
+            f"{config} names {named}"
+            + ("" if data is not None else " (no file: containerd's default)")
+            + ("" if named == str(ctd.old) else f", not {ctd.old} (the root being moved)"),
+        )
+        if ctd.new is not None:
+            ctdconfig.switched(data, str(ctd.new))
+            detail = f"{config}: only 'root' changes"
+            if data is None:
+                detail = f"{config} does not exist: one naming only 'root' will be created"
+            pf.add("containerd config switches", True, detail)
+    except ctdconfig.ConfigError as exc:
+        pf.add("containerd config switches", False, f"{config}: {exc}")
+    pf.add(
+        "containerd config writable",
+        os.access(config.parent, os.W_OK),
+        f"{config}, backup and replace in {config.parent}",
+    )
+
+
+def check_containerd_serving(pf: Preflight, ctd: ContainerdPlan) -> None:
+    """The running containerd at the socket dockerd uses must run on the root that moves
+    (else config.toml and the root are not the pair dockerd uses)."""
+    serving = root_serving(ctd.address)
+    if serving is None:
+        pf.add(
+            "containerd runs on the root",
+            False,
+            f"no running containerd found at {ctd.address}; moving {ctd.old} as located",
+            blocking=False,
+        )
+        return
+    root, how = serving
+    same = os.path.realpath(root) == str(ctd.old)
+    pf.add(
+        "containerd runs on the root",
+        same,
+        f"{how}: {root}" + ("" if same else f", not {ctd.old}: pass --containerd-config FILE"),
+    )
+
+
+def check_namespaces(pf: Preflight, ctd: ContainerdPlan) -> None:
+    """containerd namespaces besides dockerd's own: other clients (the kubelet's k8s.io,
+    ctr's default) that stop with containerd and move with its root."""
+    db = read_metadb(ctd.old)
+    if db.findings and not db.namespaces:
+        pf.add(
+            "other containerd clients",
+            True,
+            f"meta.db unreadable ({db.findings[0].message}): other namespaces unknown",
+            blocking=False,
+        )
+        return
+    for ns in db.namespaces:
+        if ns in (MOBY, MOBY_HISTORY):
+            continue
+        images = sum(1 for i in db.images if i.namespace == ns)
+        containers = sum(1 for c in db.containers if c.namespace == ns)
+        pf.other_namespaces.append(f"{ns} ({images} images, {containers} containers)")
+    if pf.other_namespaces:
+        pf.add(  # a note ([note]), not a failure: --yes moves it anyway
+            "other containerd clients",
+            False,
+            "WARNING: containerd also serves namespaces other than moby: "
+            + ", ".join(pf.other_namespaces)
+            + "; their containers stop with containerd and their images move with its "
+            "root (a kubelet on this host loses its runtime during the downtime); "
+            "relocate needs --yes to go on",
+            blocking=False,
+        )
+    else:
+        pf.add("other containerd clients", True, "none (only moby, moby_history)")
+
+
+def check_containerd(pf: Preflight, old: Path, new: Path, ctd: ContainerdPlan) -> None:
+    pf.ctd_old, pf.ctd_config = str(ctd.old), str(ctd.config)
+    if ctd.new is None:
+        pf.add(
+            "containerd root moves",
+            False,
+            f"this host uses the containerd image store: images and containers' layers live "
+            f"in containerd's root {ctd.old}, which data-root does not move (the data root "
+            f"holds little); pass --containerd-to NEW (and --containerd-config, default "
+            f"/etc/containerd/config.toml) to move both",
+        )
+        check_namespaces(pf, ctd)
+        return
+    pf.ctd_new = str(ctd.new)
+    check_containerd_paths(pf, old, new, ctd)
+    pf.ctd_target_fs = filesystem_of(ctd.new)
+    if all(
+        c.ok for c in pf.checks if c.blocking and c.name.startswith(("containerd", "data-root"))
+    ):
+        probe = Preflight(old=str(ctd.old), new=str(ctd.new), bytes_to_copy=0, entries=0)
+        check_capabilities(probe, ctd.new)
+        for c in probe.checks:
+            pf.add(f"containerd target: {c.name}", c.ok, c.detail, c.blocking)
+        pf.ctd_bytes, pf.ctd_entries = _measured(pf, ctd.old)
+    check_containerd_config(pf, ctd)
+    check_containerd_serving(pf, ctd)
+    check_namespaces(pf, ctd)
+
+
+def preflight(
+    old: Path,
+    new: Path,
+    config: Path,
+    running: list[str],
+    *,
+    store: str = "overlay2",
+    containerd: ContainerdPlan | None = None,
+) -> Preflight:
+    """Everything that must hold before ``old`` moves to ``new``; on a containerd image
+    store host (``store``), ``containerd`` says where containerd's root is and whether
+    (and where) it moves too."""
     pf = Preflight(old=str(old), new=str(new), bytes_to_copy=0, entries=0, running=running)
+    pf.store = store
     check_paths(pf, old, new)
     pf.target_fs = filesystem_of(new)
-    if pf.ok:
+    paths_ok = pf.ok
+    if paths_ok:
         check_capabilities(pf, new)
-        check_space(pf, old, new)
+    also: list[tuple[Path, int, str]] = []
+    if containerd is not None:
+        check_containerd(pf, old, new, containerd)
+        if pf.ctd_entries:  # measured: its paths passed
+            also.append((Path(pf.ctd_new), pf.ctd_bytes, "containerd root"))
+        elif pf.ctd_new:
+            paths_ok = False  # the containerd target's paths failed: no sum to check
+    if paths_ok:
+        check_space(pf, old, new, also)
+        check_downtime(pf, [old, *([Path(pf.ctd_old)] if pf.ctd_new else [])])
     check_config(pf, config)
     find_not_moving(pf, old)
     check_holders(pf, old)

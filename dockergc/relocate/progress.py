@@ -100,11 +100,12 @@ def clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def record_of(s: Sample) -> dict[str, Any]:
-    """The journal's ``progress`` record (without its type and seq)."""
+def record_of(s: Sample, label: str = "copy") -> dict[str, Any]:
+    """The journal's ``progress`` record (without its type and seq); ``label`` names the
+    pass ("copy", "pre-copy pass 2")."""
     total = estimate_total(s)
     return {
-        "step": "copy",
+        "step": label,
         "bytes": s.bytes,
         "total": total,
         "percent": s.percent,
@@ -121,11 +122,11 @@ def eta_of(s: Sample, total: int | None) -> int | None:
     return None
 
 
-def describe(s: Sample) -> str:
+def describe(s: Sample, label: str = "copy") -> str:
     """``copy: 1.2 GiB of 3.0 GiB (40%), 85.0 MiB/s, ETA 0:00:21``"""
     total = estimate_total(s)
     of = f" of {human_bytes(total)}" if total is not None else ""
-    text = f"copy: {human_bytes(s.bytes)}{of} ({s.percent}%), {human_bytes(round(s.rate))}/s"
+    text = f"{label}: {human_bytes(s.bytes)}{of} ({s.percent}%), {human_bytes(round(s.rate))}/s"
     eta = eta_of(s, total)
     return text + (f", ETA {clock(eta)}" if eta is not None else "")
 
@@ -142,6 +143,7 @@ class Display:
         self.last: float | None = None
         self.shown = False  # a terminal line is open (no newline yet)
         self.broken = False
+        self.label = "copy"  # the pass shown: "copy", "pre-copy pass 2"
 
     def _write(self, text: str) -> None:
         if self.broken:
@@ -157,21 +159,23 @@ class Display:
         a root of millions (and about 100 bytes of memory per file). Elsewhere than at a
         terminal the first progress line comes one interval later."""
         if self.tty:
-            self._write("\r\x1b[Kcopy: listing the files to copy")
+            self._write(f"\r\x1b[K{self.label}: listing the files to copy")
             self.shown = True
         else:
             self.last = now
-            self._write(f"copy: listing the files to copy; then progress every {self.every:g} s\n")
+            self._write(
+                f"{self.label}: listing the files to copy; then progress every {self.every:g} s\n"
+            )
 
     def update(self, s: Sample, now: float) -> None:
         if self.last is not None and now - self.last < self.every:
             return
         self.last = now
         if self.tty:
-            self._write("\r\x1b[K" + describe(s))
+            self._write("\r\x1b[K" + describe(s, self.label))
             self.shown = True
         else:
-            self._write(describe(s) + "\n")
+            self._write(describe(s, self.label) + "\n")
 
     def finish(self, copied: int | None, seconds: float, ok: bool) -> None:
         """The copy ended (``copied``: rsync's last count; None if it printed none); a
@@ -181,7 +185,7 @@ class Display:
         if copied is None or not ok:
             return
         rate = f", {human_bytes(round(copied / seconds))}/s" if seconds > 0 else ""
-        self._write(f"copy: {human_bytes(copied)} in {clock(seconds)}{rate}\n")
+        self._write(f"{self.label}: {human_bytes(copied)} in {clock(seconds)}{rate}\n")
 
 
 class Watcher:
@@ -193,8 +197,12 @@ class Watcher:
         record: Callable[[dict[str, Any]], None],
         journal_every: float = JOURNAL_EVERY,
         now: Callable[[], float] = time.monotonic,
+        label: str = "copy",
     ) -> None:
         self.display, self.record, self.every, self.now = display, record, journal_every, now
+        self.label = label
+        if display is not None:
+            display.label = label
         self.start = now()
         self.journaled = self.start  # the first record after one interval: short copies none
         self.pending = b""
@@ -218,7 +226,7 @@ class Watcher:
         if not self.journal_broken and now - self.journaled >= self.every:
             self.journaled = now
             try:
-                self.record(record_of(s))
+                self.record(record_of(s, self.label))
             except OSError:
                 self.journal_broken = True  # the next step record will say so, not this
 

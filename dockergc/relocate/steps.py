@@ -18,33 +18,49 @@ def marker_for(run_id: str) -> str:
     return MARKER_PREFIX + run_id
 
 
+# What a step that exists once per root acts on: "" the data root, CONTAINERD containerd's
+# root (moved with the data root on a containerd image store host, --containerd-to).
+CONTAINERD = "containerd"
+
+
 @dataclass(frozen=True)
 class StopDaemon:
+    """Run the stop command and wait until no daemon uses ``root`` (nor, when moving it
+    too, containerd's root ``ctd_root``: the command stops dockerd and containerd)."""
+
     cmd: str
     start_cmd: str
     host: str
     root: str  # the root it ran on, where the reverse starts it again
+    ctd_root: str = ""  # containerd's root it ran on ("" when containerd's is not moved)
     name: str = "stop-daemon"
 
     def reverse(self) -> Step:
-        return StartDaemon(self.start_cmd, self.cmd, self.host, self.root)
+        return StartDaemon(self.start_cmd, self.cmd, self.host, self.root, self.ctd_root)
 
 
 @dataclass(frozen=True)
 class StartDaemon:
+    """Run the start command and wait for the Engine API to answer on ``expect_root``
+    (and, when containerd's root moves, for a containerd to run on ``expect_ctd_root``)."""
+
     cmd: str
     stop_cmd: str
     host: str
     expect_root: str
+    expect_ctd_root: str = ""
     name: str = "start-daemon"
 
     def reverse(self) -> Step:
-        return StopDaemon(self.stop_cmd, self.cmd, self.host, self.expect_root)
+        return StopDaemon(
+            self.stop_cmd, self.cmd, self.host, self.expect_root, self.expect_ctd_root
+        )
 
 
 @dataclass(frozen=True)
 class WaitIdle:
     root: str
+    what: str = ""  # "" the data root, CONTAINERD containerd's root
     name: str = "wait-idle"
 
     def reverse(self) -> Step:
@@ -62,10 +78,29 @@ class Copy:
     new: str
     fs: str = ""
     marker: str = ""
+    what: str = ""  # "" the data root, CONTAINERD containerd's root
     name: str = "copy"
 
     def reverse(self) -> Step:
-        return RemoveCopy(self.new, self.marker)
+        return RemoveCopy(self.new, self.marker, self.what)
+
+
+@dataclass(frozen=True)
+class PreCopy:
+    """rsync the old root into ``new`` while the daemon still runs, in passes until the
+    delta stops shrinking or is small, then flush the new disk: the daemon is stopped
+    only for the final pass (Copy). Same target checks and marker as Copy; its undo
+    removes the partial copy (the daemon was never stopped: nothing else to undo)."""
+
+    old: str
+    new: str
+    fs: str = ""
+    marker: str = ""
+    what: str = ""
+    name: str = "pre-copy"
+
+    def reverse(self) -> Step:
+        return RemoveCopy(self.new, self.marker, self.what)
 
 
 @dataclass(frozen=True)
@@ -75,6 +110,7 @@ class RemoveCopy:
 
     new: str
     marker: str = ""
+    what: str = ""
     name: str = "remove-copy"
 
     def reverse(self) -> Step:
@@ -83,8 +119,14 @@ class RemoveCopy:
 
 @dataclass(frozen=True)
 class VerifyCopy:
+    """Compare both trees in one walk. ``changed_since`` (after a pre-copy: the marker's
+    name, "" otherwise) also hashes, in both trees, every file the old root changed since
+    the marker was written, i.e. since the pre-copy began."""
+
     old: str
     new: str
+    changed_since: str = ""
+    what: str = ""
     name: str = "verify-copy"
 
     def reverse(self) -> Step:
@@ -107,6 +149,7 @@ class RewritePaths:
 @dataclass(frozen=True)
 class Relabel:
     new: str
+    what: str = ""
     name: str = "selinux-relabel"
 
     def reverse(self) -> Step:
@@ -135,15 +178,23 @@ class Unmount:
         return BindMount(self.new, self.old)
 
 
+# The operator's files a relocation switches, by ``kind`` (relocate.configs): daemon.json's
+# ``data-root`` (JSON, the default: journals from before kinds name none) and containerd's
+# config.toml ``root`` (TOML). Backed up, switched and restored by the same three steps.
+DAEMON_JSON = "daemon.json"
+CONTAINERD_TOML = "containerd.toml"
+
+
 @dataclass(frozen=True)
 class BackupConfig:
-    """Keep daemon.json's original bytes (file and directory fsync'd) before the switch is
+    """Keep the config's original bytes (file and directory fsync'd) before the switch is
     journaled. ``original_sha256`` is what preflight read, journaled with the plan; None
-    records that there was no daemon.json (nothing to keep)."""
+    records that there was no file (nothing to keep)."""
 
     config: str
     backup: str
     original_sha256: str | None
+    kind: str = DAEMON_JSON
     name: str = "backup-config"
 
     def reverse(self) -> Step:
@@ -156,21 +207,25 @@ class SwitchConfig:
     new_root: str
     backup: str
     original_sha256: str | None
+    kind: str = DAEMON_JSON
     name: str = "switch-config"
 
     def reverse(self) -> Step:
-        return RestoreConfig(self.config, self.backup, self.new_root, self.original_sha256)
+        return RestoreConfig(
+            self.config, self.backup, self.new_root, self.original_sha256, self.kind
+        )
 
 
 @dataclass(frozen=True)
 class RestoreConfig:
-    """Put the original daemon.json back, judged by what is on disk against the journaled
-    hashes; it never deletes or overwrites a daemon.json it cannot account for."""
+    """Put the original config back, judged by what is on disk against the journaled
+    hashes; it never deletes or overwrites a config it cannot account for."""
 
     config: str
     backup: str
     new_root: str
     original_sha256: str | None
+    kind: str = DAEMON_JSON
     name: str = "restore-config"
 
     def reverse(self) -> Step:
@@ -201,6 +256,7 @@ Step = (
     StopDaemon
     | StartDaemon
     | WaitIdle
+    | PreCopy
     | Copy
     | RemoveCopy
     | VerifyCopy
@@ -232,6 +288,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         StopDaemon,
         StartDaemon,
         WaitIdle,
+        PreCopy,
         Copy,
         RemoveCopy,
         VerifyCopy,
@@ -246,6 +303,15 @@ STEP_TYPES: dict[str, type[Step]] = {
         Noop,
     )
 }
+
+
+def label(step: Step) -> str:
+    """The step's name as shown and timed: a step that runs once per root says which
+    ("copy (containerd)"); the config steps say which file ("switch-config
+    (containerd.toml)"). The data root's and daemon.json's keep the bare name."""
+    kind = getattr(step, "kind", DAEMON_JSON)
+    what = getattr(step, "what", "") or ("" if kind == DAEMON_JSON else kind)
+    return f"{step.name} ({what})" if what else step.name
 
 
 def step_dict(step: Step) -> dict[str, Any]:

@@ -1,0 +1,183 @@
+"""Relocation with a pre-copy (the default): its plan, its passes, the verification that
+hashes what changed since the pre-copy began, the free-space margin, and the kill matrix
+of the new steps on local trees (no daemon)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dockergc.relocate import daemonjson, executor
+from dockergc.relocate import steps as S
+from dockergc.relocate.executor import Context, perform
+from dockergc.relocate.impl import Pass, RelocationFailed, enough_passes
+from dockergc.relocate.plan import Control, plan_relocation
+from dockergc.relocate.preflight import MARGIN_FLOOR, margin_for
+from dockergc.relocate.verify import compare
+from tests.relocate_crash import record_labels, relocate_and_kill
+
+MiB = 2**20
+
+
+def test_the_precopy_plan_copies_before_the_stop_and_offline_is_unchanged(tmp_path: Path) -> None:
+    control = Control("stop", "start", "unix:///s", tmp_path / "daemon.json")
+    args = (Path("/old"), Path("/new"), control, "r1", 3, 2, False)
+    offline = plan_relocation(*args, config_sha256="ab")
+    pre = plan_relocation(*args, config_sha256="ab", precopy=True)
+    assert [s.name for s in pre] == ["pre-copy", *[s.name for s in offline]]
+    assert pre[1:] != offline  # only the verification differs: it knows the pre-copy
+    assert [s for s in pre[1:] if s.name != "verify-copy"] == [
+        s for s in offline if s.name != "verify-copy"
+    ]
+    assert pre[4] == S.VerifyCopy("/old", "/new", ".dockergc-relocation-r1")
+    assert offline[3] == S.VerifyCopy("/old", "/new")
+    assert pre[0].reverse() == S.RemoveCopy("/new", ".dockergc-relocation-r1")
+    for step in pre:
+        assert S.step_from_dict(S.step_dict(step)) == step
+    assert not isinstance(pre[0], S.NEEDS_STOPPED)  # it runs beside the daemon
+
+
+@pytest.mark.parametrize(
+    ("passes", "enough"),
+    [
+        ([], False),
+        ([Pass(1.0, 10)], False),  # the first pass never counts: a second measures the delta
+        ([Pass(60, 3000 * MiB), Pass(2.0, 900 * MiB)], True),  # quick
+        ([Pass(60, 3000 * MiB), Pass(20, 10 * MiB)], True),  # small
+        ([Pass(60, 3000 * MiB), Pass(20, 900 * MiB)], False),  # shrinking
+        ([Pass(60, 3000 * MiB), Pass(20, 900 * MiB), Pass(19, 850 * MiB)], True),  # no more
+        ([Pass(60, 3000 * MiB), *[Pass(30, (900 - 200 * i) * MiB) for i in range(4)]], True),
+    ],
+    ids=["none", "first", "quick", "small", "shrinking", "not-shrinking", "most"],
+)
+def test_passes_go_on_while_the_delta_shrinks(passes: list[Pass], enough: bool) -> None:
+    assert enough_passes(passes) is enough
+
+
+def test_the_margin_is_proportional_with_a_floor() -> None:
+    assert margin_for(5 * MiB) == MARGIN_FLOOR  # a 5 MB root fits a 400 MB disk
+    assert 5 * MiB + margin_for(5 * MiB) < 400 * 10**6
+    assert margin_for(400 * 2**30) == 20 * 2**30
+
+
+def _root(old: Path) -> None:
+    (old / "overlay2/x/diff").mkdir(parents=True)
+    (old / "overlay2/x/diff/layer").write_bytes(b"a" * 8192)
+    (old / "image").mkdir()
+    (old / "image/repositories.json").write_text("{}")
+    (old / "containers/c").mkdir(parents=True)
+    (old / "containers/c/c-json.log").write_text("line 0\n")
+
+
+def _same_size_same_mtime(path: Path, data: bytes) -> None:
+    """Change a file so rsync's quick check (size, mtime) cannot see it; its ctime moves."""
+    st = os.stat(path)
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_verify_hashes_what_changed_since_the_precopy(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    _root(old)
+    marker = S.marker_for("r")
+    ctx = Context("r", max_passes=2)
+    perform(S.PreCopy(str(old), str(new), "", marker), ctx)
+    assert (new / marker).is_file() and (new / "overlay2/x/diff/layer").read_bytes()[:1] == b"a"
+    with open(old / "containers/c/c-json.log", "a") as fh:  # the daemon writes on
+        fh.write("line 1\n")
+    perform(S.Copy(str(old), str(new), "", marker), ctx)
+    perform(S.VerifyCopy(str(old), str(new), marker), ctx)
+    assert (new / "containers/c/c-json.log").read_text() == "line 0\nline 1\n"
+    # A change rsync's quick check misses (sizes and mtimes agree): the final pass after a
+    # pre-copy rewrites it all the same (its ctime is after the pre-copy began) ...
+    _same_size_same_mtime(old / "overlay2/x/diff/layer", b"b" * 8192)
+    perform(S.Copy(str(old), str(new), "", marker), ctx)
+    assert (new / "overlay2/x/diff/layer").read_bytes() == b"b" * 8192
+    perform(S.VerifyCopy(str(old), str(new), marker), ctx)
+    # ... and the verification hashes it: a copy that missed it is caught.
+    _same_size_same_mtime(old / "overlay2/x/diff/layer", b"c" * 8192)
+    assert compare(str(old), str(new))[1] == []  # by metadata alone, nothing differs
+    with pytest.raises(RelocationFailed, match=r"overlay2/x/diff/layer: differs in extra"):
+        perform(S.VerifyCopy(str(old), str(new), marker), ctx)
+    since = os.stat(old / "overlay2/x/diff/layer").st_ctime + 60
+    assert compare(str(old), str(new), since=since)[1] == []  # unchanged since: not hashed
+
+
+def test_every_pass_is_journaled_with_its_label(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    _root(old)
+    records: list[dict[str, object]] = []
+    lines: list[str] = []
+    ctx = Context("r", record=records.append, journal_every=0.0, progress=lines.append)
+    perform(S.PreCopy(str(old), str(new), "", S.marker_for("r")), ctx)
+    passes = [r for r in records if "seconds" in r]
+    assert [r["step"] for r in passes] == ["pre-copy pass 1", "pre-copy pass 2"]
+    assert {r["step"] for r in records if "percent" in r} <= {"pre-copy pass 1", "pre-copy pass 2"}
+    (estimate,) = [r for r in records if "downtime_estimate" in r]
+    assert isinstance(estimate["downtime_estimate"], float)
+    assert "estimated downtime" in lines[-1]
+
+
+def _steps(tmp_path: Path) -> tuple[Path, Path, list[S.Step]]:
+    old, new = tmp_path / "old", tmp_path / "new"
+    _root(old)
+    cfg = tmp_path / "daemon.json"
+    cfg.write_bytes(b'{"data-root": "/old"}\n')
+    backup, sha = f"{cfg}.dockergc-r.bak", daemonjson.sha256_of(cfg)
+    marker = S.marker_for("r")
+    return (
+        cfg,
+        new,
+        [
+            S.PreCopy(str(old), str(new), "", marker),
+            S.Copy(str(old), str(new), "", marker),
+            S.VerifyCopy(str(old), str(new), marker),
+            S.BackupConfig(str(cfg), backup, sha),
+            S.SwitchConfig(str(cfg), "/new", backup, sha),
+        ],
+    )
+
+
+def test_killed_after_any_record_of_a_precopy_run(tmp_path: Path) -> None:
+    """Killed during the pre-copy there is nothing to undo but the partial copy; killed
+    later, as before: rollback empties the target and restores daemon.json, resume ends
+    switched with an exact copy."""
+    cfg, new, steps = _steps(tmp_path)
+    original, old, state = cfg.read_bytes(), tmp_path / "old", tmp_path / "state"
+    for n, label in enumerate(record_labels(steps)[:6], start=1):  # to verify-copy's done
+        for how in ("rollback", "resume"):
+            run_id = f"r{n}-{how}"
+            relocate_and_kill(state, run_id, old, new, steps, n)
+            journal = executor.journal_for(state, run_id)
+            if how == "rollback":
+                assert executor.rollback(journal, Context(run_id)).state == "rolled-back"
+                assert cfg.read_bytes() == original, label
+                assert not new.exists() or not any(new.iterdir()), label
+            else:
+                assert executor.resume(journal, Context(run_id)).state == "relocated", label
+                assert compare(str(old), str(new))[1] == [], label
+                assert daemonjson.read(cfg) == daemonjson.switched(original, "/new"), label
+                daemonjson.write_atomic(cfg, original)
+
+
+def test_the_final_pass_rewrites_what_the_quick_check_cannot_see(tmp_path: Path) -> None:
+    """A bbolt file changed through mmap after the pre-copy read it keeps its size and
+    mtime (seen: BuildKit's history_c8d.db on 28.5); rsync's quick check skips it. The
+    final pass after a pre-copy rewrites the metadata files in place (hard links kept)."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "buildkit").mkdir(parents=True)
+    db = old / "buildkit/history_c8d.db"
+    db.write_bytes(b"A" * 8192)
+    os.link(db, old / "buildkit/linked.db")
+    marker = S.marker_for("r")
+    perform(S.PreCopy(str(old), str(new), "", marker), Context("r"))
+    st = os.stat(db)
+    with open(db, "r+b") as fh:  # same size; mtime put back as an mmap write leaves it
+        fh.write(b"B" * 4096)
+    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns))
+    perform(S.Copy(str(old), str(new), "", marker), Context("r"))
+    assert (new / "buildkit/history_c8d.db").read_bytes() == db.read_bytes()
+    assert os.stat(new / "buildkit/history_c8d.db").st_nlink == 2
+    perform(S.VerifyCopy(str(old), str(new), marker), Context("r"))
