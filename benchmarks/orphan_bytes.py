@@ -36,8 +36,10 @@ def build(root: Path, leftovers: int, files: int) -> None:
     base = b.layer({"bin/sh": b"x" * 100})
     image = b.image([base], ["base:1"])
     for n in range(leftovers):
-        tree = {f"usr/lib/p{n}/d{i % 50}/f{i}": rnd.randbytes(rnd.choice((10, 900, 5000, 70000)))
-                for i in range(files)}
+        tree = {
+            f"usr/lib/p{n}/d{i % 50}/f{i}": rnd.randbytes(rnd.choice((10, 900, 5000, 70000)))
+            for i in range(files)
+        }
         b.interrupted_pull(base, tree)
     gone = b.container(image, base, "gone")
     b.interrupted_container_removal(gone)
@@ -64,8 +66,12 @@ def run(root: Path, paths: list[str], cold: bool) -> tuple[float, int, float, in
     if cold:
         drop_caches()
     t0 = time.perf_counter()
-    out = subprocess.run(["du", "-sx", "-B1", "-c", *[str(root / p) for p in paths]],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["du", "-sx", "-B1", "-c", *[str(root / p) for p in paths]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     du_s = time.perf_counter() - t0
     du = int(out.strip().splitlines()[-1].split()[0])
     return ours_s, ours, du_s, du
@@ -88,9 +94,12 @@ def main() -> None:
         for cache in ("warm", "cold") if args.cold else ("warm",):
             ours_s, ours, du_s, du = run(root, paths, cold=cache == "cold")
             same = "same bytes" if ours == du else f"DIFFERENT: du {du}"
-            print(f"{len(paths)} leftovers, {args.leftovers * args.files} files, {cache} cache: "
-                  f"measure {ours_s:.2f}s = {ours_s / du_s:.2f}x du -sx ({du_s:.2f}s); "
-                  f"{ours} bytes, {same}; plan total {planned}", flush=True)
+            print(
+                f"{len(paths)} leftovers, {args.leftovers * args.files} files, {cache} cache: "
+                f"measure {ours_s:.2f}s = {ours_s / du_s:.2f}x du -sx ({du_s:.2f}s); "
+                f"{ours} bytes, {same}; plan total {planned}",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -31,7 +31,8 @@ rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the forked reader
 print(json.dumps({"frozen": len(plan.frozen), "seconds": dt, "rss_mb": rss, "child_rss_mb": child,
                   "actions": len(plan.actions),
-                  "layers": len(snap.layers.layers), "containers": len(snap.containers.containers)}))
+                  "layers": len(snap.layers.layers),
+                  "containers": len(snap.containers.containers)}))
 """
 
 
@@ -70,17 +71,28 @@ def measure(root: Path, cold: bool) -> tuple[float, dict]:
     du = time.perf_counter() - t0
     if cold:
         drop_caches()
-    out = subprocess.run([sys.executable, "-c", CHILD, str(root)], capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     return du, json.loads(out.stdout)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="1000:500,10000:500,10000:5000,50000:5000",
-                    help="comma-separated LAYERS:CONTAINERS pairs")
-    ap.add_argument("--cold", action="store_true",
-                    help="also measure after dropping the page cache (needs root)")
+    ap.add_argument(
+        "--sizes",
+        default="1000:500,10000:500,10000:5000,50000:5000",
+        help="comma-separated LAYERS:CONTAINERS pairs",
+    )
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="also measure after dropping the page cache (needs root)",
+    )
     args = ap.parse_args()
     for size in args.sizes.split(","):
         n, containers = (int(x) for x in size.split(":"))
@@ -93,11 +105,14 @@ def main() -> None:
             subprocess.run(["sync"])
             for cache in ("warm", "cold") if args.cold else ("warm",):
                 du, r = measure(root, cold=cache == "cold")
-                print(f"{n} layers, {r['containers']} containers (built in {made:.0f}s), "
-                      f"{cache} cache: plan {r['seconds']:.2f}s = {r['seconds'] / du:.2f}x "
-                      f"du -sx ({du:.2f}s), peak RSS {r['rss_mb']:.0f} MB (forked reader "
-                      f"{r['child_rss_mb']:.0f} MB), {r['actions']} actions, "
-                      f"frozen {r['frozen']}", flush=True)
+                print(
+                    f"{n} layers, {r['containers']} containers (built in {made:.0f}s), "
+                    f"{cache} cache: plan {r['seconds']:.2f}s = {r['seconds'] / du:.2f}x "
+                    f"du -sx ({du:.2f}s), peak RSS {r['rss_mb']:.0f} MB (forked reader "
+                    f"{r['child_rss_mb']:.0f} MB), {r['actions']} actions, "
+                    f"frozen {r['frozen']}",
+                    flush=True,
+                )
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

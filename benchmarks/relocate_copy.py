@@ -56,15 +56,27 @@ def main() -> None:
         src = args.root or synthetic(work / "src", args.layers, args.files)
         a, b, c = work / "a", work / "b", work / "c"
         subprocess.run(["sync"])
-        anchor = timed(lambda: subprocess.run(
-            ["rsync", "-aHAX", "--numeric-ids", f"{src}/", f"{a}/"], check=True))
+        anchor = timed(
+            lambda: subprocess.run(
+                ["rsync", "-aHAX", "--numeric-ids", f"{src}/", f"{a}/"], check=True
+            )
+        )
         ctx = Context("bench")
-        ours = timed(lambda: [perform(s, ctx) for s in (
-            S.Copy(str(src), str(b)), S.VerifyCopy(str(src), str(b)),
-            S.RewritePaths(str(src), str(b)))])
+        ours = timed(
+            lambda: [
+                perform(s, ctx)
+                for s in (
+                    S.Copy(str(src), str(b)),
+                    S.VerifyCopy(str(src), str(b)),
+                    S.RewritePaths(str(src), str(b)),
+                )
+            ]
+        )
         c.mkdir()
         cp = timed(lambda: subprocess.run(["cp", "-a", f"{src}/.", f"{c}/"], check=True))
-        size = subprocess.run(["du", "-sh", str(src)], capture_output=True, text=True).stdout.split()[0]
+        size = subprocess.run(
+            ["du", "-sh", str(src)], capture_output=True, text=True
+        ).stdout.split()[0]
         print(f"tree: {src} ({size})")
         print(f"anchor rsync -aHAX --numeric-ids: {anchor:.2f}s (1.00x)")
         print(f"dockergc copy+verify+rewrite:     {ours:.2f}s ({ours / anchor:.2f}x)")

@@ -28,23 +28,45 @@ sys.path.insert(0, str(REPO))
 from tests.engine import DOCKER, Engine  # noqa: E402
 
 
-def fill(e: Engine, builds: int, steps: int, containers: int, rw_files: int,
-         volume_files: int) -> None:
+def fill(
+    e: Engine, builds: int, steps: int, containers: int, rw_files: int, volume_files: int
+) -> None:
     e.import_base()
     for b in range(builds):
-        body = "".join(f"RUN echo {b}-{s} > /f{s} && mkdir -p /d{s} && cp /bin/busybox /d{s}/\n"
-                       for s in range(steps))
-        e.build(f"app{b}:1", f"FROM base:1\n{body}CMD [\"sh\"]\n")
+        body = "".join(
+            f"RUN echo {b}-{s} > /f{s} && mkdir -p /d{s} && cp /bin/busybox /d{s}/\n"
+            for s in range(steps)
+        )
+        e.build(f"app{b}:1", f'FROM base:1\n{body}CMD ["sh"]\n')
     e.run("volume", "create", "data")
-    e.run("run", "--rm", "--network", "none", "-v", "data:/v", "base:1", "sh", "-c",
-          f"for d in $(seq 1 100); do mkdir /v/$d; for i in $(seq 1 {volume_files // 100}); "
-          "do echo $i > /v/$d/$i; done; done")
+    e.run(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "data:/v",
+        "base:1",
+        "sh",
+        "-c",
+        f"for d in $(seq 1 100); do mkdir /v/$d; for i in $(seq 1 {volume_files // 100}); "
+        "do echo $i > /v/$d/$i; done; done",
+    )
     # Every container has run once and left files in its rw layer (caches, logs, pids:
     # what real ones leave), which `docker system df -v` sizes by walking them.
     for c in range(containers):
-        e.run("run", "--network", "none", "-v", "data:/v", f"app{c % builds}:1", "sh", "-c",
-              f"mkdir -p /var/cache/app && cd /var/cache/app && "
-              f"for i in $(seq 1 {rw_files}); do echo $i > $i; done")
+        e.run(
+            "run",
+            "--network",
+            "none",
+            "-v",
+            "data:/v",
+            f"app{c % builds}:1",
+            "sh",
+            "-c",
+            f"mkdir -p /var/cache/app && cd /var/cache/app && "
+            f"for i in $(seq 1 {rw_files}); do echo $i > $i; done",
+        )
 
 
 def timed(cmd: list[str], runs: int) -> tuple[float, str]:
@@ -74,20 +96,33 @@ def main() -> None:
         fill(e, args.builds, args.steps, args.containers, args.rw_files, args.volume_files)
         made = time.perf_counter() - t0
         df = [DOCKER, "-H", f"unix://{e.sock}", "system", "df", "-v"]
-        plan = [sys.executable, "-m", "dockergc", "plan", "--root", str(e.root),
-                "--min-age", "0", "--json"]
+        plan = [
+            sys.executable,
+            "-m",
+            "dockergc",
+            "plan",
+            "--root",
+            str(e.root),
+            "--min-age",
+            "0",
+            "--json",
+        ]
         timed(df, 1)  # warm both alike
         timed(plan, 1)
         df_s, _ = timed(df, args.runs)
         plan_s, out = timed(plan, args.runs)
         doc = json.loads(out)
         info = json.loads(e.run("info", "--format", "{{json .}}").stdout)
-        print(f"real root (filled in {made:.0f}s): {info['Images']} images, "
-              f"{info['Containers']} containers, "
-              f"{sum(1 for _ in (e.root / 'image/overlay2/layerdb/sha256').iterdir())} layers, "
-              f"plan: {len(doc['actions'])} actions, frozen {len(doc['frozen'])}")
-        print(f"docker system df -v {df_s:.2f}s, dockergc plan {plan_s:.2f}s "
-              f"(whole commands, median of {args.runs}): {df_s / plan_s:.1f}x faster")
+        print(
+            f"real root (filled in {made:.0f}s): {info['Images']} images, "
+            f"{info['Containers']} containers, "
+            f"{sum(1 for _ in (e.root / 'image/overlay2/layerdb/sha256').iterdir())} layers, "
+            f"plan: {len(doc['actions'])} actions, frozen {len(doc['frozen'])}"
+        )
+        print(
+            f"docker system df -v {df_s:.2f}s, dockergc plan {plan_s:.2f}s "
+            f"(whole commands, median of {args.runs}): {df_s / plan_s:.1f}x faster"
+        )
     finally:
         e.stop()
         e.unmount_all()
