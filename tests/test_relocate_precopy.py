@@ -14,7 +14,7 @@ from dockergc.relocate import steps as S
 from dockergc.relocate.executor import Context, perform
 from dockergc.relocate.impl import Pass, RelocationFailed, enough_passes
 from dockergc.relocate.plan import Control, plan_relocation
-from dockergc.relocate.preflight import MARGIN_FLOOR, margin_for
+from dockergc.relocate.preflight import MARGIN_FLOOR, margin_for, rsync_fit
 from dockergc.relocate.verify import compare
 from tests.relocate_crash import record_labels, relocate_and_kill
 
@@ -60,6 +60,59 @@ def test_the_margin_is_proportional_with_a_floor() -> None:
     assert margin_for(5 * MiB) == MARGIN_FLOOR  # a 5 MB root fits a 400 MB disk
     assert 5 * MiB + margin_for(5 * MiB) < 400 * 10**6
     assert margin_for(400 * 2**30) == 20 * 2**30
+
+
+RSYNC_327 = """rsync  version 3.2.7  protocol version 32
+Capabilities:
+    64-bit files, 64-bit inums, 64-bit timestamps, 64-bit long ints,
+    socketpairs, symlinks, symtimes, hardlinks, hardlink-specials,
+    hardlink-symlinks, IPv6, atimes, batchfiles, inplace, append, ACLs,
+    xattrs, optional secluded-args, iconv, prealloc, stop-at, no crtimes
+"""
+
+
+@pytest.mark.parametrize(
+    ("output", "fit", "says"),
+    [
+        (RSYNC_327, True, "/usr/bin/rsync 3.2.7"),
+        ("rsync  version 3.0.9  protocol version 30\n", False, "needs 3.1.0 or later"),
+        (RSYNC_327.replace("ACLs,", "no ACLs,"), False, "built without ACLs"),
+        (RSYNC_327.replace("    xattrs,", "    no xattrs,"), False, "built without xattrs"),
+        ("openrsync: protocol version 29\n", False, "cannot tell its version"),
+        ("", False, "cannot tell its version"),
+    ],
+)
+def test_the_preflight_knows_an_rsync_the_copy_cannot_use(
+    output: str, fit: bool, says: str
+) -> None:
+    ok, detail = rsync_fit("/usr/bin/rsync", output)
+    assert ok is fit and says in detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the preflight's probe makes device nodes")
+def test_a_missing_rsync_fails_the_preflight_not_the_first_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found on a real systemd host (Debian minbase has no rsync): the preflight passed
+    and the pre-copy failed. Now the preflight says so, and nothing is made."""
+    from dockergc.fixture.demo import write_demo_root
+    from tests.conftest import run_cli
+
+    old = write_demo_root(tmp_path / "docker")
+    config = tmp_path / "daemon.json"
+    config.write_text("{}")
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    proc = run_cli(
+        *("relocate", "--to", str(tmp_path / "new"), "--root", str(old)),
+        *("--config-file", str(config), "--state-dir", str(tmp_path / "state")),
+        *("--host", "unix:///nonexistent.sock", "--yes"),
+        check=3,
+    )
+    out = proc.stdout + proc.stderr
+    assert "[FAIL] rsync: not found on PATH" in out and "preflight FAILED" in out
+    assert not (tmp_path / "new").exists()
+    assert config.read_text() == "{}"
 
 
 def _root(old: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -34,6 +35,9 @@ from dockergc.stores.containerd.records import MOBY, MOBY_HISTORY
 # daemon writes during a pre-copy), at least a floor (a small root on a small disk).
 MARGIN_RATIO = 0.05
 MARGIN_FLOOR = 64 * 2**20
+# The copy's rsync flags: --info=progress2 came with 3.1.0; -A and -X need rsync built
+# with ACL and xattr support (a build without them refuses -A/-X only once it runs).
+RSYNC_MIN = (3, 1, 0)
 
 
 def margin_for(bytes_to_copy: int) -> int:
@@ -91,6 +95,39 @@ class Preflight:
         d = asdict(self)
         d["ok"] = self.ok
         return d
+
+
+def check_rsync(pf: Preflight) -> None:
+    """The copy is rsync's: found too late, a missing or unfit one fails the first pass
+    (rolled back, but after the operator was told the preflight passed)."""
+    path = shutil.which("rsync")
+    if path is None:
+        pf.add("rsync", False, "not found on PATH: install rsync (3.1.0 or later)")
+        return
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pf.add("rsync", False, f"{path} --version failed: {exc}")
+        return
+    pf.add("rsync", *rsync_fit(path, out))
+
+
+def rsync_fit(path: str, version_output: str) -> tuple[bool, str]:
+    """Whether ``rsync --version``'s output names a version and build the copy can use."""
+    # "rsync  version 3.2.7  protocol version 32" (openrsync and others differ: not it)
+    m = re.match(r"rsync\s+version\s+v?((\d+)\.(\d+)\.(\d+)\S*)", version_output)
+    if m is None:
+        return False, f"{path}: cannot tell its version from --version"
+    version = m.group(1)
+    found = (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+    if found < RSYNC_MIN:
+        return False, f"{path} is {version}; the copy needs 3.1.0 or later"
+    lacking = [w for w in ("ACLs", "xattrs") if f"no {w}" in version_output]
+    if lacking:
+        return False, f"{path} {version} is built without {' and '.join(lacking)}"
+    return True, f"{path} {version}"
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -151,11 +188,14 @@ def _overlay_mount(probe: Path) -> tuple[str, bool, str]:
     for d in dirs.values():
         d.mkdir()
     opts = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={dirs['work']}"
-    proc = subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o", opts, str(dirs["merged"])],
-        capture_output=True,
-        text=True,
-    )
+    try:
+        proc = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", opts, str(dirs["merged"])],
+            capture_output=True,
+            text=True,
+        )
+    except OSError as exc:  # no mount(8) on PATH: untested is not passed
+        return ("overlay mount (d_type)", False, f"cannot run mount: {exc.strerror}")
     if proc.returncode != 0:
         return ("overlay mount (d_type)", False, proc.stderr.strip() or "mount failed")
     subprocess.run(["umount", str(dirs["merged"])], capture_output=True)
@@ -576,6 +616,7 @@ def preflight(
     if paths_ok:
         check_space(pf, old, new, also)
         check_downtime(pf, [old, *([Path(pf.ctd_old)] if pf.ctd_new else [])])
+    check_rsync(pf)
     check_config(pf, config)
     find_not_moving(pf, old)
     check_holders(pf, old)
