@@ -310,3 +310,144 @@ def test_security_exposure_is_low(box: Box) -> None:
     score = float(re.findall(r"Overall exposure level for dockergc.service: ([\d.]+)", out)[0])
     print(f"systemd-analyze security dockergc.service: {score}")
     assert score <= 2.0, out
+
+
+# Relocation with its default stop and start commands, on the packaged units of Docker
+# Engine 28.5 + containerd 2.1 (docker.socket, docker.service, containerd.service) under
+# the container's systemd. Its cgroups are read-only in systemd-nspawn here (the host is
+# cgroup v1), so no container process runs: what the move must keep is proved by reading
+# through the daemon (docker cp out of a container's rw layer and its volume, docker save
+# of every layer), which mounts what the old root held.
+ENGINE = "28.5"
+UNITS = ("docker.service", "docker.socket", "containerd.service")
+OPERATOR_TOML = """# containerd's config, as an operator left it
+version = 3
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "registry.k8s.io/pause:3.10"
+"""
+
+
+@pytest.fixture(scope="module")
+def engine_box(box: Box, tmp_path_factory: pytest.TempPathFactory) -> Box:
+    """The box with the 28.5 engine installed as its packages lay it out: the programs in
+    /usr, runc, the packaged units, a docker group; a busybox rootfs tarball in /root."""
+    from tests.engine import binaries, busybox_rootfs, engine_available
+
+    why = engine_available(ENGINE)
+    if why is None and not (box.dir / "usr/bin/rsync").exists():
+        why = f"no rsync in {TREE}: run .ci/get-systemd-tree"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"the systemd relocation tests must run in CI: {why}")
+        pytest.skip(why)
+    top = Path(binaries(ENGINE).dockerd).parents[2]
+    for name in ("containerd", "containerd-shim-runc-v2", "ctr", "docker"):
+        shutil.copy(top / "usr/bin" / name, box.dir / "usr/bin" / name)
+    for name in ("dockerd", "docker-proxy"):  # 28.5 will not start without the proxy
+        shutil.copy(top / "usr/sbin" / name, box.dir / "usr/sbin" / name)
+    shutil.copy("/usr/sbin/runc", box.dir / "usr/sbin/runc")
+    for unit in UNITS:
+        shutil.copy(top / "usr/lib/systemd/system" / unit, box.dir / "etc/systemd/system" / unit)
+    rootfs = busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+    subprocess.run(
+        ["tar", "-C", str(rootfs), "-cf", str(box.dir / "root/busybox.tar"), "."], check=True
+    )
+    box.run("groupadd", "-f", "docker")
+    box.run("systemctl", "daemon-reload")
+    return box
+
+
+def _engine_on_systemd(box: Box, containerd_store: bool) -> None:
+    """A fresh engine on /var/lib/docker (and /var/lib/containerd) started by systemd, with
+    an image and a container whose rw layer and volume hold a file each."""
+    box.sh(
+        f"systemctl stop {' '.join(UNITS)}; "
+        "rm -rf /var/lib/docker /var/lib/containerd /srv/docker /srv/containerd "
+        "/var/lib/dockergc/relocations /etc/containerd; mkdir -p /etc/docker"
+    )
+    config = {"iptables": False, "ip6tables": False, "bridge": "none"}
+    if containerd_store:
+        config["features"] = {"containerd-snapshotter": True}
+        box.run("mkdir", "-p", "/etc/containerd")
+        (box.dir / "etc/containerd/config.toml").write_text(OPERATOR_TOML)
+    (box.dir / "etc/docker/daemon.json").write_text(json.dumps(config, indent=2) + "\n")
+    started = box.run("systemctl", "start", *reversed(UNITS), check=None)
+    assert started.returncode == 0, box.run("journalctl", "--no-pager", "-n", "40").stdout
+    box.sh(
+        "docker import /root/busybox.tar base:1 >/dev/null\n"
+        "docker create --name keep -v data:/v base:1 sh >/dev/null\n"
+        "rm -rf /tmp/p; mkdir -p /tmp/p/v; echo in-the-rw-layer >/tmp/p/rw\n"
+        "echo in-the-volume >/tmp/p/v/kept\n"
+        "tar -C /tmp/p -cf - . | docker cp - keep:/"
+    )
+    driver = box.run("docker", "info", "-f", "{{.Driver}}").stdout.strip()
+    assert driver == ("overlayfs" if containerd_store else "overlay2"), driver
+
+
+def _engine_kept_everything(box: Box, root: str) -> None:
+    assert box.run("docker", "info", "-f", "{{.DockerRootDir}}").stdout.strip() == root
+    active = box.run("systemctl", "is-active", *UNITS, check=None).stdout.split()
+    assert active == ["active"] * len(UNITS), active
+    assert "in-the-rw-layer" in box.sh("docker cp keep:/rw - | tar -xOf -").stdout
+    assert "in-the-volume" in box.sh("docker cp keep:/v/kept - | tar -xOf -").stdout
+    saved = box.sh("docker save base:1 | wc -c").stdout  # every layer read back
+    assert int(saved) > 1_000_000, saved
+
+
+def _relocate(box: Box, *extra: str) -> dict:  # type: ignore[type-arg]
+    """dockergc relocate with no --stop-cmd/--start-cmd: the defaults are what runs."""
+    out = box.run("dockergc", "relocate", "--to", "/srv/docker", *extra, "--yes", "--json")
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_relocate_with_its_default_commands_under_systemd(engine_box: Box) -> None:
+    box = engine_box
+    _engine_on_systemd(box, containerd_store=False)
+    out = _relocate(box)
+    assert out["state"] == "relocated", out
+    assert 0 < out["downtime_seconds"] < 60, out
+    config = json.loads((box.dir / "etc/docker/daemon.json").read_text())
+    assert config == {
+        "iptables": False,
+        "ip6tables": False,
+        "bridge": "none",
+        "data-root": "/srv/docker",
+    }
+    _engine_kept_everything(box, "/srv/docker")
+    assert box.run("test", "-d", "/var/lib/docker/overlay2").returncode == 0  # until finalize
+    box.run("dockergc", "relocate", "finalize", "--yes")
+    assert not box.run("find", "/var/lib/docker", "-mindepth", "1").stdout  # emptied
+    _engine_kept_everything(box, "/srv/docker")
+
+
+def test_relocate_both_roots_with_the_default_commands_under_systemd(engine_box: Box) -> None:
+    """A containerd image store host: the defaults stop docker.socket, docker.service and
+    containerd.service, and start them in the reverse order; containerd serves its new
+    root (its meta.db is the one it holds open), config.toml switched byte for byte but
+    its root."""
+    box = engine_box
+    _engine_on_systemd(box, containerd_store=True)
+    out = _relocate(box, "--containerd-to", "/srv/containerd")
+    assert out["state"] == "relocated" and out["containerd_new"] == "/srv/containerd", out
+    assert 0 < out["downtime_seconds"] < 60, out
+    toml = (box.dir / "etc/containerd/config.toml").read_text()
+    # the root line before the first table, every other byte as the operator left it
+    assert toml == OPERATOR_TOML.replace("\n[plugins]", '\nroot = "/srv/containerd"\n[plugins]')
+    assert (
+        json.loads((box.dir / "etc/docker/daemon.json").read_text())["data-root"] == "/srv/docker"
+    )
+    _engine_kept_everything(box, "/srv/docker")
+    pid = box.run("systemctl", "show", "-p", "MainPID", "--value", "containerd.service").stdout
+    held = box.sh(f"ls -l /proc/{pid.strip()}/fd | grep meta.db || true").stdout
+    assert "/srv/containerd/io.containerd.metadata.v1.bolt/meta.db" in held, held
+    assert (
+        box.run("test", "-d", "/var/lib/containerd/io.containerd.content.v1.content").returncode
+        == 0
+    )
+    box.run("dockergc", "relocate", "finalize", "--yes")
+    for old in ("/var/lib/docker", "/var/lib/containerd"):
+        assert not box.run("find", old, "-mindepth", "1").stdout, old  # emptied
+    _engine_kept_everything(box, "/srv/docker")
+    box.run("systemctl", "stop", *UNITS)
