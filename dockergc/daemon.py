@@ -6,6 +6,8 @@ are re-exported here for the callers that import them from this module.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,6 +134,29 @@ def run_command(cmd: str, timeout: float = 300) -> None:
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
         raise EngineUnavailable(f"{cmd!r} exited {proc.returncode}: {detail[0]}")
+
+
+def run_start_command(cmd: str, timeout: float = 300) -> None:
+    """Run an operator-given start command. ``systemctl start UNIT...`` is preceded by
+    ``systemctl reset-failed UNIT...``: docker.service allows 3 starts a minute
+    (StartLimitBurst=3), and counts a relocation's stop and start, its rollback's, and
+    the operator's own restarts just before; a start the limit refuses would leave the
+    daemon down, on the new root or, after a rollback, on the old one."""
+    import shlex
+    import subprocess
+
+    argv = shlex.split(cmd)
+    units = argv[2:]
+    if (
+        len(argv) > 2
+        and os.path.basename(argv[0]) == "systemctl"
+        and argv[1] == "start"
+        and not any(u.startswith("-") for u in units)
+    ):
+        # best effort: the start itself says what is wrong
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run([argv[0], "reset-failed", *units], capture_output=True, timeout=timeout)
+    run_command(cmd, timeout)
 
 
 def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:

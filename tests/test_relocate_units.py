@@ -370,3 +370,35 @@ def test_the_copy_marks_its_target_and_its_undo_empties_only_a_marked_one(
     with pytest.raises(RefusedError, match="does not hold .dockergc-relocation-r"):
         perform(copy.reverse(), Context("r"))
     assert os.listdir(new) == ["theirs"]
+
+
+@pytest.mark.parametrize(
+    ("cmd", "calls"),
+    [
+        (
+            "systemctl start containerd.service docker.socket docker.service",
+            [
+                "reset-failed containerd.service docker.socket docker.service",
+                "start containerd.service docker.socket docker.service",
+            ],
+        ),
+        ("systemctl --user start docker.service", ["--user start docker.service"]),
+        ("systemctl start --no-block docker", ["start --no-block docker"]),
+        ("systemctl restart docker", ["restart docker"]),
+    ],
+)
+def test_a_systemctl_start_resets_the_start_limit_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cmd: str, calls: list[str]
+) -> None:
+    """docker.service's start limit (3 a minute) counts the relocation's own restarts: a
+    plain ``systemctl start UNIT...`` is preceded by ``reset-failed`` of the same units;
+    any other command runs as given."""
+    from dockergc import daemon
+
+    log = tmp_path / "calls"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >>{log}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    daemon.run_start_command(cmd, 10)
+    assert log.read_text().splitlines() == calls

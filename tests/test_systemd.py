@@ -373,6 +373,7 @@ def _engine_on_systemd(box: Box, containerd_store: bool) -> None:
         box.run("mkdir", "-p", "/etc/containerd")
         (box.dir / "etc/containerd/config.toml").write_text(OPERATOR_TOML)
     (box.dir / "etc/docker/daemon.json").write_text(json.dumps(config, indent=2) + "\n")
+    box.run("systemctl", "reset-failed", *UNITS)  # the tests before started them often
     started = box.run("systemctl", "start", *reversed(UNITS), check=None)
     assert started.returncode == 0, box.run("journalctl", "--no-pager", "-n", "40").stdout
     box.sh(
@@ -396,15 +397,20 @@ def _engine_kept_everything(box: Box, root: str) -> None:
     assert int(saved) > 1_000_000, saved
 
 
-def _relocate(box: Box, *extra: str) -> dict:  # type: ignore[type-arg]
+def _relocate(box: Box, *extra: str, check: int = 0) -> dict:  # type: ignore[type-arg]
     """dockergc relocate with no --stop-cmd/--start-cmd: the defaults are what runs."""
-    out = box.run("dockergc", "relocate", "--to", "/srv/docker", *extra, "--yes", "--json")
+    args = ("relocate", "--to", "/srv/docker", *extra, "--yes", "--json")
+    out = box.run("dockergc", *args, check=check)
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
 def test_relocate_with_its_default_commands_under_systemd(engine_box: Box) -> None:
     box = engine_box
     _engine_on_systemd(box, containerd_store=False)
+    # An operator's restarts just before: with the relocation's stop and start they are
+    # more than docker.service's 3 starts a minute (its StartLimitBurst).
+    for _ in range(2):  # with the start above: 3, the limit
+        box.run("systemctl", "restart", "docker.service")
     out = _relocate(box)
     assert out["state"] == "relocated", out
     assert 0 < out["downtime_seconds"] < 60, out
@@ -450,4 +456,45 @@ def test_relocate_both_roots_with_the_default_commands_under_systemd(engine_box:
     for old in ("/var/lib/docker", "/var/lib/containerd"):
         assert not box.run("find", old, "-mindepth", "1").stdout, old  # emptied
     _engine_kept_everything(box, "/srv/docker")
+    box.run("systemctl", "stop", *UNITS)
+
+
+DOCKER_DROPIN = "/etc/systemd/system/docker.service.d/fail-on-new-root.conf"
+
+
+def test_a_dockerd_that_fails_on_its_new_root_rolls_both_back_under_systemd(
+    engine_box: Box,
+) -> None:
+    """docker.service fails while daemon.json names the new root, with Restart=always and
+    its start limit (3 starts in 60 s) in play: the defaults stop everything again (an
+    automatic restart included), both files come back byte for byte and the engine starts
+    on its old roots. (A containerd that fails instead keeps `systemctl start` waiting
+    about 2 min, dockerd's containerd timeout and systemd's restarts, before the same
+    rollback.)"""
+    box = engine_box
+    _engine_on_systemd(box, containerd_store=True)
+    files = ("etc/docker/daemon.json", "etc/containerd/config.toml")
+    before = {f: (box.dir / f).read_bytes() for f in files}
+    box.sh(
+        f"mkdir -p {Path(DOCKER_DROPIN).parent}; cat >{DOCKER_DROPIN} <<'EOF'\n[Service]\n"
+        "ExecStartPre=/bin/sh -c '! grep -q /srv/docker /etc/docker/daemon.json'\nEOF"
+    )
+    box.run("systemctl", "daemon-reload")
+    try:
+        out = _relocate(box, "--containerd-to", "/srv/containerd", check=1)
+    finally:
+        box.run("rm", "-f", DOCKER_DROPIN)
+        box.run("systemctl", "daemon-reload")
+    said = out["error"]["message"]
+    assert "relocation failed at start-daemon" in said, out
+    assert "rolled back: the daemon runs on /var/lib/docker again" in said, out
+    journal = box.sh("cat /var/lib/dockergc/relocations/*/journal.jsonl").stdout
+    assert '"type": "rollback-end"' in journal, journal
+    assert {f: (box.dir / f).read_bytes() for f in files} == before
+    _engine_kept_everything(box, "/var/lib/docker")
+    pid = box.run("systemctl", "show", "-p", "MainPID", "--value", "containerd.service").stdout
+    held = box.sh(f"ls -l /proc/{pid.strip()}/fd | grep meta.db || true").stdout
+    assert "/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db" in held, held
+    for new in ("/srv/docker", "/srv/containerd"):
+        assert not box.run("find", new, "-mindepth", "1", check=None).stdout, new
     box.run("systemctl", "stop", *UNITS)

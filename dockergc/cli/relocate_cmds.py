@@ -145,7 +145,8 @@ def relocate(
         typer.Option(
             "--start-cmd",
             help=f"Starts the daemon [default: {SYSTEMD_START}; with --containerd-to: "
-            f"{SYSTEMD_START_WITH_CONTAINERD}].",
+            f"{SYSTEMD_START_WITH_CONTAINERD}]. A 'systemctl start UNIT...' is preceded "
+            "by 'systemctl reset-failed UNIT...' (docker.service allows 3 starts a minute).",
         ),
     ] = None,
     host: Annotated[

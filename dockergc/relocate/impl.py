@@ -560,7 +560,7 @@ def _restore(step: S.RestoreConfig, ctx: Context) -> None:
 
 @implementation_for(S.StartDaemon)
 def _start(step: S.StartDaemon, ctx: Context) -> None:
-    daemon.run_command(step.cmd, ctx.timeout)
+    daemon.run_start_command(step.cmd, ctx.timeout)
 
     def on_root() -> bool:
         try:

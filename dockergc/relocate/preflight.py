@@ -105,9 +105,7 @@ def check_rsync(pf: Preflight) -> None:
         pf.add("rsync", False, "not found on PATH: install rsync (3.1.0 or later)")
         return
     try:
-        out = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=30
-        ).stdout
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         pf.add("rsync", False, f"{path} --version failed: {exc}")
         return
