@@ -588,3 +588,19 @@ def test_a_rollback_of_both_killed_after_any_record_finishes_when_run_again(
         assert executor.rollback(journal, impl.Context(run_id)).state == "rolled-back"
         assert (h.config.read_bytes(), h.toml.read_bytes()) == original, n
         assert not any(new.iterdir()) and not any(ctd_new.iterdir()), n
+
+
+def test_preflight_fails_when_an_imported_file_sets_the_root(tmp_path: Path) -> None:
+    """The switch rewrites the main file's root; an import's root would win over it, and
+    containerd would start on its old root after the move."""
+    h = _host(tmp_path)
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d/50-root.toml").write_text(f'root = "{h.ctd}"\n')
+    h.toml.write_bytes(b'imports = ["conf.d/*.toml"]\n' + h.toml.read_bytes())
+    new = tmp_path / "new"
+    new.mkdir()
+    pf = preflight(h.old, new / "docker", h.config, [], store="containerd",
+                   containerd=_ctd_plan(h, new / "ctd"))  # fmt: skip
+    ok, detail = _checks(pf)["containerd config imports"]
+    assert not ok and not pf.ok
+    assert f"{tmp_path}/conf.d/50-root.toml (imported by {h.toml}) sets root" in detail

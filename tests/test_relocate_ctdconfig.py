@@ -4,6 +4,7 @@ byte (comments, order, plugin tables) is kept, and unusual layouts are refused."
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,23 @@ def test_unusual_or_broken_configs_are_refused(src: bytes) -> None:
 def test_control_characters_are_refused() -> None:
     with pytest.raises(ConfigError):
         switched(b"", "/new\nroot")
+
+
+def test_a_root_set_by_an_imported_file_is_found(tmp_path: Path) -> None:
+    """containerd merges imports over the main file (its resolveImports: relative to the
+    importing file, '*' globbed, imports of imports too): a root set there wins."""
+    from dockergc.relocate.ctdconfig import roots_in_imports
+
+    (tmp_path / "conf.d").mkdir()
+    main = tmp_path / "config.toml"
+    main.write_text('version = 2\nroot = "/a"\nimports = ["conf.d/*.toml", "/nonexistent.toml"]\n')
+    (tmp_path / "conf.d/10-gpu.toml").write_text('[plugins.x]\n  root = "/not/top"\n')
+    (tmp_path / "conf.d/20-more.toml").write_text(f'imports = ["{tmp_path}/deep.toml"]\n')
+    (tmp_path / "deep.toml").write_text(f'root = "/b"\nimports = ["{main}"]\n')  # a cycle
+    found = roots_in_imports(str(main), main.read_bytes())
+    assert found == [(f"{tmp_path}/deep.toml", "/b")]
+    (tmp_path / "deep.toml").write_text("root = [")
+    with pytest.raises(ConfigError, match="deep.toml \\(imported\\): not valid TOML"):
+        roots_in_imports(str(main), main.read_bytes())
+    assert roots_in_imports(str(main), b'root = "/a"\n') == []
+    assert roots_in_imports(str(main), None) == []

@@ -10,7 +10,9 @@ must equal the old one with ``root`` set to the new root and nothing else change
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import re
 import tomllib
 
@@ -81,3 +83,52 @@ def switched(original: bytes | None, new_root: str) -> bytes:
             "e.g. a multi-line root value): edit 'root' by hand"
         )
     return data
+
+
+def roots_in_imports(config: str, data: bytes | None, most: int = 64) -> list[tuple[str, str]]:
+    """(file, root) for every file ``config`` imports, directly or through another import,
+    that sets ``root``: containerd merges imports over the main file, so such a root wins
+    and a switch of the main file's line would not take.
+
+    Paths resolve as containerd's ``resolveImports`` does (relative to the importing
+    file's directory, ``*`` globbed); a missing file sets nothing. An import that cannot be
+    read or parsed raises ConfigError: what it sets is unknown."""
+    found: list[tuple[str, str]] = []
+    seen = {os.path.realpath(config)}
+    pending = [(config, data)]
+    while pending:
+        parent, body = pending.pop(0)
+        imports = parse(body).get("imports", []) if body is not None else []
+        if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+            raise ConfigError(f"{parent}: 'imports' is not a list of paths")
+        for path in _resolve(parent, imports):
+            if os.path.realpath(path) in seen:
+                continue
+            seen.add(os.path.realpath(path))
+            if len(seen) > most:
+                raise ConfigError(f"{config}: more than {most} imported files")
+            try:
+                with open(path, "rb") as f:
+                    imported = f.read()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ConfigError(f"cannot read {path} (imported): {exc.strerror}") from exc
+            try:
+                root = parse(imported).get("root")
+            except ConfigError as exc:
+                raise ConfigError(f"{path} (imported): {exc}") from exc
+            if isinstance(root, str) and root:
+                found.append((path, root))
+            pending.append((path, imported))
+    return found
+
+
+def _resolve(parent: str, imports: list[str]) -> list[str]:
+    out: list[str] = []
+    for path in imports:
+        path = os.path.normpath(path)
+        if not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(parent), path)
+        out.extend(sorted(glob.glob(path)) if "*" in path else [path])
+    return out

@@ -487,6 +487,17 @@ def check_containerd_config(pf: Preflight, ctd: ContainerdPlan) -> None:
             + ("" if data is not None else " (no file: containerd's default)")
             + ("" if named == str(ctd.old) else f", not {ctd.old} (the root being moved)"),
         )
+        imported = ctdconfig.roots_in_imports(str(config), data)
+        if imported:
+            pf.add(
+                "containerd config imports",
+                False,
+                "; ".join(
+                    f"{path} (imported by {config}) sets root = {root}" for path, root in imported
+                )
+                + ": containerd takes that root over the main file's, so switching it would "
+                "not move containerd; edit that file by hand, or pass it as --containerd-config",
+            )
         if ctd.new is not None:
             ctdconfig.switched(data, str(ctd.new))
             detail = f"{config}: only 'root' changes"
