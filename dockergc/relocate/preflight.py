@@ -27,7 +27,7 @@ from dockergc.relocate import ctdconfig, daemonjson
 from dockergc.relocate.targetfs import filesystem_of
 from dockergc.render.interface import human_bytes
 from dockergc.store.fsread import UnreadableFile, read_text
-from dockergc.stores.containerd.locate import root_serving
+from dockergc.stores.containerd.locate import containerd_serving
 from dockergc.stores.containerd.metadb import read_metadb
 from dockergc.stores.containerd.records import MOBY, MOBY_HISTORY
 
@@ -515,8 +515,10 @@ def check_containerd_config(pf: Preflight, ctd: ContainerdPlan) -> None:
 
 def check_containerd_serving(pf: Preflight, ctd: ContainerdPlan) -> None:
     """The running containerd at the socket dockerd uses must run on the root that moves
-    (else config.toml and the root are not the pair dockerd uses)."""
-    serving = root_serving(ctd.address)
+    (else config.toml and the root are not the pair dockerd uses), and, when its root
+    moves, take that root from the config.toml that is switched: not from --root on its
+    command line, not from another config file."""
+    serving = containerd_serving(ctd.address)
     if serving is None:
         pf.add(
             "containerd runs on the root",
@@ -525,13 +527,37 @@ def check_containerd_serving(pf: Preflight, ctd: ContainerdPlan) -> None:
             blocking=False,
         )
         return
-    root, how = serving
-    same = os.path.realpath(root) == str(ctd.old)
+    same = os.path.realpath(serving.root) == str(ctd.old)
     pf.add(
         "containerd runs on the root",
         same,
-        f"{how}: {root}" + ("" if same else f", not {ctd.old}: pass --containerd-config FILE"),
+        f"{serving.how}: {serving.root}"
+        + ("" if same else f", not {ctd.old}: pass --containerd-config FILE"),
     )
+    if ctd.new is None:
+        return
+    if serving.root_flag:
+        pf.add(
+            "containerd takes its root from config.toml",
+            False,
+            f"{serving.how}: --root on its command line wins over {ctd.config}'s root; "
+            "remove it from the service's command line first",
+        )
+    elif not _same_file(serving.config_here, ctd.config):
+        pf.add(
+            "containerd takes its root from config.toml",
+            False,
+            f"{serving.how} reads {serving.config}, not {ctd.config}: "
+            f"pass --containerd-config {serving.config}",
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:  # one (or both) absent: the same only if the same path
+        return os.path.realpath(a) == os.path.realpath(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def check_namespaces(pf: Preflight, ctd: ContainerdPlan) -> None:

@@ -239,27 +239,52 @@ def trusted_executable(path: str) -> bool:
         return False
 
 
-def root_serving(address: str) -> tuple[Path, str] | None:
-    """(root as seen here, where it is named) of the running containerd listening on
-    ``address``: its --address, else grpc.address in its config, else the default. None
-    if no running containerd listens there."""
+@dataclass(frozen=True)
+class Serving:
+    """The running containerd listening on a socket, as relocation must know it."""
+
+    root: Path  # as seen here (through /proc/PID/root)
+    how: str  # where the root is named
+    config: str  # the config file it reads, in its own terms (it may not exist)
+    config_here: Path  # the same, as seen here
+    root_flag: bool  # --root on its command line: config.toml's root is not what it uses
+
+
+def containerd_serving(address: str) -> Serving | None:
+    """The running containerd listening on ``address`` (its --address, else grpc.address
+    in its config, else the default), or None if none listens there."""
     try:
         want = os.stat(address.removeprefix("unix://"))
     except OSError:
         return None
     for p, _exe, args in _containerds():
         try:
-            raw = p.read_config(flag(args, "--config", "-c") or CONTAINERD_CONFIG)
+            config = flag(args, "--config", "-c") or CONTAINERD_CONFIG
+            raw = p.read_config(config)
             grpc = tomllib.loads(raw.decode()).get("grpc") if raw else None
             named = grpc.get("address") if isinstance(grpc, dict) else None
             sock = flag(args, "--address", "-a") or str(named or DEFAULT_ADDRESS)
             st = os.stat(p.where(p.resolve(sock)))
             if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
                 root, how = _containerd_spec(p, args)
-                return Path(p.where(p.resolve(root))), f"{how} of containerd {p.pid} at {address}"
+                named_config = p.resolve(config)
+                return Serving(
+                    Path(p.where(p.resolve(root))),
+                    f"{how} of containerd {p.pid} at {address}",
+                    named_config.path,
+                    Path(p.where(named_config)),
+                    bool(flag(args, "--root")),
+                )
         except GONE:  # gone, unreadable, or a config that is not TOML
             continue
     return None
+
+
+def root_serving(address: str) -> tuple[Path, str] | None:
+    """(root as seen here, where it is named) of the running containerd listening on
+    ``address``; None if no running containerd listens there."""
+    found = containerd_serving(address)
+    return None if found is None else (found.root, found.how)
 
 
 def root_uuid(root: Path) -> str | None:
