@@ -159,10 +159,11 @@ def relocation_facts(
     store: str = "overlay2",
     containerd: Any = None,
 ) -> tuple[Any, int, int]:
-    """Preflight for moving ``root`` to ``new``, with the image and container counts the
-    daemon must report afterwards (read from the metadata, not from the daemon). On the
-    containerd image store (``store``) images are containerd's: their count is the one
-    the daemon reports now, or -1 (not checked) when it does not answer on ``root``;
+    """Preflight for moving ``root`` to ``new``, with the image and container counts of
+    now (read from the metadata, not from the daemon; post-verify counts them again from
+    the old root once the daemon has stopped on it). On the containerd image store
+    (``store``) images are containerd's: -1, not counted (containerd's root is verified
+    byte for byte and must be the one containerd serves after the start);
     ``containerd`` (relocate.preflight.ContainerdPlan) is containerd's side."""
     from dockergc import daemon
     from dockergc.relocate.preflight import preflight
@@ -173,8 +174,6 @@ def relocation_facts(
         state = daemon.engine_state(host)
         here = os.path.realpath(state.root) == str(root)
         running = list(state.running) if here else []
-        if here and store != "overlay2":
-            images = state.images
     except daemon.EngineUnavailable:
         running = sorted(c.name for c in snap.containers.containers if c.running)
     pf = preflight(root, new, config, running, store=store, containerd=containerd)

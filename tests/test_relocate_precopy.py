@@ -234,3 +234,54 @@ def test_the_final_pass_rewrites_what_the_quick_check_cannot_see(tmp_path: Path)
     assert (new / "buildkit/history_c8d.db").read_bytes() == db.read_bytes()
     assert os.stat(new / "buildkit/history_c8d.db").st_nlink == 2
     perform(S.VerifyCopy(str(old), str(new), marker), Context("r"))
+
+
+def _post_verify(
+    old: Path,
+    new: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    images: int,
+    containers: int,
+    on: Path | None = None,
+) -> None:
+    """post-verify on ``new``, planned at preflight with 99 containers, the daemon
+    reporting ``images`` and ``containers`` on ``on`` (default: ``new``)."""
+    from dockergc import daemon
+
+    state = daemon.EngineState(str(on or new), images, containers, ())
+    monkeypatch.setattr(daemon, "engine_state", lambda host: state)
+    perform(S.PostVerify("unix:///x", str(new), 3, 99, old=str(old)), Context("r"))
+
+
+def test_post_verify_counts_the_old_root_when_it_runs_not_at_preflight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the pre-copy the daemon runs on for hours after preflight: containers removed
+    or made meanwhile must not roll back a move that worked. The old root, stopped, says
+    what the daemon must find; a --rm container running at the stop may be gone (the
+    daemon removes it as it starts), no other."""
+    import json as jsonlib
+
+    from dockergc.fixture.demo import write_demo_root
+
+    old = write_demo_root(tmp_path / "docker")  # 3 images, 1 container (web)
+    new = tmp_path / "new"
+    new.mkdir()
+    _post_verify(old, new, monkeypatch, images=3, containers=1)  # 99 planned: not used
+    for wrong in (0, 2):
+        with pytest.raises(RelocationFailed, match="expected root .*, 3 images, 1 containers"):
+            _post_verify(old, new, monkeypatch, images=3, containers=wrong)
+    with pytest.raises(RelocationFailed, match="2 images, 1 containers"):
+        _post_verify(old, new, monkeypatch, images=2, containers=1)
+    with pytest.raises(RelocationFailed, match="reports root /elsewhere"):
+        _post_verify(old, new, monkeypatch, images=3, containers=1, on=Path("/elsewhere"))
+    web = next(
+        d
+        for d in (old / "containers").iterdir()
+        if jsonlib.loads((d / "config.v2.json").read_text())["Name"] == "/web"
+    )
+    (web / "hostconfig.json").write_text('{"AutoRemove": true}')
+    for found in (0, 1):
+        _post_verify(old, new, monkeypatch, images=3, containers=found)
+    with pytest.raises(RelocationFailed, match="0 to 1 \\(--rm ones may go\\) containers"):
+        _post_verify(old, new, monkeypatch, images=3, containers=2)

@@ -24,7 +24,7 @@ from dockergc.errors import DockerGCError, RefusedError
 from dockergc.execute import safefs
 from dockergc.execute.runner import _Stop
 from dockergc.registry import Registry
-from dockergc.relocate import configs, daemonjson
+from dockergc.relocate import configs, counts, daemonjson
 from dockergc.relocate import progress as P
 from dockergc.relocate import steps as S
 from dockergc.relocate.targetfs import filesystem_of
@@ -585,13 +585,24 @@ def containerd_on(root: Path) -> bool:
 @implementation_for(S.PostVerify)
 def _post_verify(step: S.PostVerify, ctx: Context) -> None:
     state = daemon.engine_state(step.host)
-    got = (os.path.realpath(state.root), state.images, state.containers)
-    want = (step.root, step.images, step.containers)
-    if step.images < 0:  # not known before the move (containerd store, daemon stopped)
-        got, want = (got[0], -1, got[2]), (want[0], -1, want[2])
-    if got != want:
+    on = os.path.realpath(state.root)
+    if step.old:
+        want = counts.expected_from(Path(step.old), images=step.images >= 0)
+        if on == step.root and want.fits(state.images, state.containers):
+            return
         raise RelocationFailed(
-            f"after the move the daemon reports root, images, containers {got}, expected {want}"
+            f"after the move the daemon reports root {on}, {state.images} images, "
+            f"{state.containers} containers; expected root {step.root}, {want} (counted "
+            f"in {step.old}, unchanged since the daemon stopped on it)"
+        )
+    # A journal from before the recount: the counts planned at preflight.
+    got = (on, state.images, state.containers)
+    wanted = (step.root, step.images, step.containers)
+    if step.images < 0:  # not known before the move (containerd store, daemon stopped)
+        got, wanted = (got[0], -1, got[2]), (wanted[0], -1, wanted[2])
+    if got != wanted:
+        raise RelocationFailed(
+            f"after the move the daemon reports root, images, containers {got}, expected {wanted}"
         )
 
 

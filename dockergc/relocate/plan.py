@@ -93,6 +93,6 @@ def plan_relocation(
     root = old if bind else new
     plan += [
         S.StartDaemon(control.start_cmd, control.stop_cmd, control.host, str(root), ctd_new),
-        S.PostVerify(control.host, str(root), images, containers),
+        S.PostVerify(control.host, str(root), images, containers, old=str(old)),
     ]
     return plan

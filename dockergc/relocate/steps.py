@@ -236,9 +236,10 @@ class RestoreConfig:
 class PostVerify:
     host: str
     root: str
-    images: int
-    containers: int
+    images: int  # at preflight; -1: not checked (containerd store). With ``old``: recounted
+    containers: int  # at preflight (journals without ``old``)
     name: str = "post-verify"
+    old: str = ""  # the old root, counted again when the step runs (relocate/counts.py)
 
     def reverse(self) -> Step:
         return Noop()
