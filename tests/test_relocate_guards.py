@@ -173,7 +173,10 @@ def _dockergc_cli(args: list[str], state: Path, rsync: str) -> subprocess.Comple
     if rsync:
         bin_dir = state.parent / "bin"
         bin_dir.mkdir(exist_ok=True)
-        (bin_dir / "rsync").write_text(f"#!/bin/sh\n{rsync}\n")
+        # The preflight asks rsync its version: the real one answers.
+        real = shutil.which("rsync")
+        version = f'[ "$1" = --version ] && exec {real} --version\n'
+        (bin_dir / "rsync").write_text(f"#!/bin/sh\n{version}{rsync}\n")
         (bin_dir / "rsync").chmod(0o755)
         env["PATH"] = f"{bin_dir}:{env['PATH']}"
     relocate = [sys.executable, "-m", "dockergc", "relocate", *args]
