@@ -158,6 +158,7 @@ def relocation_facts(
     host: str,
     store: str = "overlay2",
     containerd: Any = None,
+    bind: bool = False,
 ) -> tuple[Any, int, int]:
     """Preflight for moving ``root`` to ``new``, with the image and container counts of
     now (read from the metadata, not from the daemon; post-verify counts them again from
@@ -176,7 +177,7 @@ def relocation_facts(
         running = list(state.running) if here else []
     except daemon.EngineUnavailable:
         running = sorted(c.name for c in snap.containers.containers if c.running)
-    pf = preflight(root, new, config, running, store=store, containerd=containerd)
+    pf = preflight(root, new, config, running, store=store, containerd=containerd, bind=bind)
     return pf, images, len(snap.containers.containers)
 
 

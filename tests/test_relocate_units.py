@@ -140,7 +140,7 @@ def test_mount_commands_keep_paths_with_spaces_whole(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(
         impl.daemon, "run_command", lambda cmd, timeout=0: ran.append(shlex.split(cmd))
     )
-    monkeypatch.setattr(impl, "_mounted_at", lambda path: path == "/var/lib/my docker")
+    monkeypatch.setattr(impl, "_shows", lambda old, new: old == "/var/lib/my docker")
     ctx = Context("r")
     perform(S.BindMount("/mnt/new disk/docker", "/srv/other root"), ctx)
     perform(S.Unmount("/var/lib/my docker", "/mnt/new disk/docker"), ctx)
@@ -402,3 +402,37 @@ def test_a_systemctl_start_resets_the_start_limit_first(
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     daemon.run_start_command(cmd, 10)
     assert log.read_text().splitlines() == calls
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+def test_bind_steps_never_take_another_filesystem_for_their_mount(tmp_path: Path) -> None:
+    """An old root that is a mount point of its own (a disk or LV at /var/lib/docker):
+    unmount leaves it mounted, bind-mount is not skipped because of it, and preflight
+    refuses --bind there."""
+    import subprocess
+
+    from dockergc.relocate.preflight import Preflight, check_bind
+
+    old, new = tmp_path / "docker", tmp_path / "copy"
+    old.mkdir()
+    new.mkdir()
+    (new / "in-the-copy").write_text("x")
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(old)], check=True)
+    try:
+        (old / "on-the-disk").write_text("x")
+        pf = Preflight(old=str(old), new=str(new), bytes_to_copy=0, entries=0, running=[])
+        check_bind(pf, old)
+        assert not pf.ok and "is itself a mount point" in pf.checks[0].detail
+        perform(S.Unmount(str(old), str(new)), Context("r"))  # the disk is not the bind
+        assert (old / "on-the-disk").exists()
+        perform(S.BindMount(str(new), str(old)), Context("r"))
+        assert (old / "in-the-copy").exists()
+        perform(S.BindMount(str(new), str(old)), Context("r"))  # resumed: made, not again
+        perform(S.Unmount(str(old), str(new)), Context("r"))
+        assert (old / "on-the-disk").exists() and not (old / "in-the-copy").exists()
+    finally:
+        while os.path.ismount(old):
+            subprocess.run(["umount", str(old)], check=True)
+    plain = Preflight(old=str(old), new=str(new), bytes_to_copy=0, entries=0, running=[])
+    check_bind(plain, old)
+    assert plain.ok

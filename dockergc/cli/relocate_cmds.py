@@ -213,7 +213,7 @@ def relocate(
     new = Path(os.path.realpath(to))
     engine = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
     pf, images, containers = api.relocation_facts(
-        old, new, daemon_config, engine, target.store, ctd
+        old, new, daemon_config, engine, target.store, ctd, bind=bind
     )
     if json and dry_run:
         say_json(pf.as_dict())

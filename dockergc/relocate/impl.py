@@ -446,20 +446,26 @@ def _relabel(step: S.Relabel, ctx: Context) -> None:
         daemon.run_command(shlex.join(["restorecon", "-R", step.new]), ctx.timeout * 10)
 
 
-def _mounted_at(path: str) -> bool:
-    with open("/proc/self/mountinfo", errors="surrogateescape") as fh:
-        return any(line.split()[4] == path for line in fh)
+def _shows(old: str, new: str) -> bool:
+    """Whether ``old`` shows ``new`` (the bind mount is in place): the same dir by device
+    and inode. Not merely 'something is mounted there': that may be another filesystem,
+    which must never be taken for the bind, nor unmounted."""
+    try:
+        a, b = os.stat(old), os.stat(new)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 @implementation_for(S.BindMount)
 def _bind(step: S.BindMount, ctx: Context) -> None:
-    if not _mounted_at(step.old):
+    if not _shows(step.old, step.new):  # a resumed step finds its mount made
         daemon.run_command(shlex.join(["mount", "--bind", step.new, step.old]), ctx.timeout)
 
 
 @implementation_for(S.Unmount)
 def _unmount(step: S.Unmount, ctx: Context) -> None:
-    if not _mounted_at(step.old):
+    if not _shows(step.old, step.new):  # not ours (or gone): never unmount another
         return
     try:
         daemon.run_command(shlex.join(["umount", step.old]), ctx.timeout)

@@ -144,6 +144,24 @@ def check_paths(pf: Preflight, old: Path, new: Path) -> None:
         pf.add("target parent exists", parent.is_dir(), f"{parent}")
 
 
+def check_bind(pf: Preflight, old: Path) -> None:
+    """--bind mounts the copy over the old root's path. Over a mount point (the old root a
+    disk or LV of its own) that would hide the disk rather than a dir, its fstab line
+    would stack on the disk's own, and undoing it could unmount the disk itself."""
+    own = os.path.ismount(old)
+    pf.add(
+        "old root is a plain dir (--bind)",
+        not own,
+        f"{old}"
+        + (
+            " is itself a mount point: bind-mounting the copy over it would hide that "
+            "filesystem; relocate without --bind (daemon.json's data-root is switched)"
+            if own
+            else ""
+        ),
+    )
+
+
 def _probe_dir(new: Path) -> Path:
     base = new if new.exists() else new.parent
     return Path(tempfile.mkdtemp(prefix=".dockergc-probe-", dir=base))
@@ -630,6 +648,7 @@ def preflight(
     *,
     store: str = "overlay2",
     containerd: ContainerdPlan | None = None,
+    bind: bool = False,
 ) -> Preflight:
     """Everything that must hold before ``old`` moves to ``new``; on a containerd image
     store host (``store``), ``containerd`` says where containerd's root is and whether
@@ -637,6 +656,8 @@ def preflight(
     pf = Preflight(old=str(old), new=str(new), bytes_to_copy=0, entries=0, running=running)
     pf.store = store
     check_paths(pf, old, new)
+    if bind:
+        check_bind(pf, old)
     pf.target_fs = filesystem_of(new)
     paths_ok = pf.ok
     if paths_ok:
