@@ -75,7 +75,8 @@ Capabilities:
     ("output", "fit", "says"),
     [
         (RSYNC_327, True, "/usr/bin/rsync 3.2.7"),
-        ("rsync  version 3.0.9  protocol version 30\n", False, "needs 3.1.0 or later"),
+        ("rsync  version 3.0.9  protocol version 30\n", False, "needs 3.1.3 or later"),
+        ("rsync  version 3.1.2  protocol version 31\n", False, "needs 3.1.3 or later"),
         (RSYNC_327.replace("ACLs,", "no ACLs,"), False, "built without ACLs"),
         (RSYNC_327.replace("    xattrs,", "    no xattrs,"), False, "built without xattrs"),
         ("openrsync: protocol version 29\n", False, "cannot tell its version"),

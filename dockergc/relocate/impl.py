@@ -199,11 +199,17 @@ def _copy(step: S.Copy, ctx: Context) -> None:
     _prepare_target(step, ctx)
     returncode, errors, _ = _rsync([*RSYNC, f"{step.old}/", f"{step.new}/"], ctx, S.label(step))
     if returncode != 0:
-        last = (errors.strip().splitlines() or ["?"])[-1]
-        raise RelocationFailed(f"copy failed (rsync exit {returncode}): {last}")
+        raise RelocationFailed(f"copy failed (rsync exit {returncode}): {said(errors)}")
     if marked_before:
         since = os.lstat(Path(step.new, step.marker)).st_mtime - CHANGED_SLACK
         _force_changed(step, ctx, since)
+
+
+def said(errors: str) -> str:
+    """rsync's error output in one line: its first line (often the cause, e.g. an option
+    this rsync refuses) and its last (the summary, e.g. 'rsync error: ... (code 23)')."""
+    lines = [line.strip() for line in errors.strip().splitlines() if line.strip()] or ["?"]
+    return lines[-1] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
 
 
 # The forced pass: in place (hard links and the target's inode kept), times ignored.
@@ -229,8 +235,9 @@ def _force_changed(step: S.Copy, ctx: Context, since: float) -> None:
         argv = [*RSYNC_FORCED, f"--files-from={listing.name}", f"{step.old}/", f"{step.new}/"]
         returncode, errors, _ = _rsync(argv, ctx, S.label(step) + " (changed files)")
     if returncode != 0:
-        last = (errors.strip().splitlines() or ["?"])[-1]
-        raise RelocationFailed(f"copy of changed files failed (rsync exit {returncode}): {last}")
+        raise RelocationFailed(
+            f"copy of changed files failed (rsync exit {returncode}): {said(errors)}"
+        )
     ctx.record({"step": S.label(step), "forced_files": len(files)})
 
 
@@ -302,8 +309,7 @@ def _precopy(step: S.PreCopy, ctx: Context) -> None:
             [*RSYNC, f"{step.old}/", f"{step.new}/"], ctx, label=label
         )
         if returncode not in LIVE_RSYNC_OK:
-            last = (errors.strip().splitlines() or ["?"])[-1]
-            raise RelocationFailed(f"{label} failed (rsync exit {returncode}): {last}")
+            raise RelocationFailed(f"{label} failed (rsync exit {returncode}): {said(errors)}")
         passes.append(Pass(round(time.monotonic() - t0, 3), copied or 0))
         ctx.record({"step": label, "seconds": passes[-1].seconds, "bytes": passes[-1].bytes})
     t0 = time.monotonic()

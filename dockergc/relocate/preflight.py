@@ -35,9 +35,10 @@ from dockergc.stores.containerd.records import MOBY, MOBY_HISTORY
 # daemon writes during a pre-copy), at least a floor (a small root on a small disk).
 MARGIN_RATIO = 0.05
 MARGIN_FLOOR = 64 * 2**20
-# The copy's rsync flags: --info=progress2 came with 3.1.0; -A and -X need rsync built
-# with ACL and xattr support (a build without them refuses -A/-X only once it runs).
-RSYNC_MIN = (3, 1, 0)
+# The copy's rsync flags: --info=progress2 came with 3.1.0, --sparse with --inplace (the
+# final pass's rewrite) with 3.1.3 (3.1.2, RHEL 7's and Ubuntu 18.04's, refuses the pair);
+# -A and -X need rsync built with ACL and xattr support (else refused only once it runs).
+RSYNC_MIN = (3, 1, 3)
 
 
 def margin_for(bytes_to_copy: int) -> int:
@@ -102,7 +103,7 @@ def check_rsync(pf: Preflight) -> None:
     (rolled back, but after the operator was told the preflight passed)."""
     path = shutil.which("rsync")
     if path is None:
-        pf.add("rsync", False, "not found on PATH: install rsync (3.1.0 or later)")
+        pf.add("rsync", False, "not found on PATH: install rsync (3.1.3 or later)")
         return
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -121,7 +122,7 @@ def rsync_fit(path: str, version_output: str) -> tuple[bool, str]:
     version = m.group(1)
     found = (int(m.group(2)), int(m.group(3)), int(m.group(4)))
     if found < RSYNC_MIN:
-        return False, f"{path} is {version}; the copy needs 3.1.0 or later"
+        return False, f"{path} is {version}; the copy needs 3.1.3 or later"
     lacking = [w for w in ("ACLs", "xattrs") if f"no {w}" in version_output]
     if lacking:
         return False, f"{path} {version} is built without {' and '.join(lacking)}"
