@@ -217,5 +217,8 @@ def test_a_failed_copy_still_names_rsyncs_last_error(tmp_path: Path) -> None:
             executor.run(journal, ctx)
     finally:
         os.environ["PATH"] = path
-    assert "copy failed (rsync exit 23): rsync error: some files could not be" in str(failed.value)
+    said = str(failed.value)  # the first line (the cause) and the last (the summary)
+    assert (
+        "copy failed (rsync exit 23): rsync: noise ... rsync error: some files could not be" in said
+    )
     assert shown.getvalue().endswith("\r\x1b[K")  # the line cleared, no success line

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dockergc import daemon
 from dockergc.errors import DockerGCError, RefusedError
@@ -365,9 +365,20 @@ def _rsync(argv: list[str], ctx: Context, label: str = "copy") -> tuple[int, str
             proc.stdout.close()
         if watching:
             _watched(watcher.finish, returncode == 0)
-        errors.seek(max(0, os.fstat(errors.fileno()).st_size - 65536))  # the last line counts
         copied = watcher.latest.bytes if watcher.latest else None
-        return returncode, errors.read().decode("utf-8", "replace"), copied
+        return returncode, _first_and_last(errors).decode("utf-8", "replace"), copied
+
+
+def _first_and_last(spool: IO[bytes], most: int = 65536) -> bytes:
+    """All of rsync's stderr, or, past ``most`` bytes, its first line and its last
+    ``most`` bytes (whole lines): the cause and the summary both count."""
+    size = os.fstat(spool.fileno()).st_size
+    spool.seek(0)
+    if size <= most:
+        return spool.read()
+    first = spool.readline(4096).rstrip(b"\n")
+    spool.seek(size - most)
+    return first + b"\n" + spool.read().split(b"\n", 1)[-1]
 
 
 def _watched(call: Callable[[Any], None], arg: Any) -> bool:
