@@ -436,3 +436,25 @@ def test_bind_steps_never_take_another_filesystem_for_their_mount(tmp_path: Path
     plain = Preflight(old=str(old), new=str(new), bytes_to_copy=0, entries=0, running=[])
     check_bind(plain, old)
     assert plain.ok
+
+
+def test_a_refused_rollback_says_the_daemon_is_down_when_it_is(tmp_path: Path) -> None:
+    """The start fails after something (config management) rewrote daemon.json: the
+    rollback refuses to overwrite it, and the one line says the daemon is down, with the
+    command that starts it, not that it was left running."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "containers").mkdir(parents=True)
+    cfg, backup, config_steps = _config_steps(tmp_path, ORIGINAL)
+    start = f"sh -c 'echo {{}} >{cfg}; exit 1'"
+    steps: list[S.Step] = [
+        S.StopDaemon("true", "true", "unix:///nonexistent.sock", str(old)),
+        *config_steps,
+        S.StartDaemon(start, "true", "unix:///nonexistent.sock", str(new)),
+    ]
+    journal = executor.begin(tmp_path / "state", "r", old, new, steps)
+    with pytest.raises(executor.RelocationFailed) as failed:
+        executor.run(journal, Context("r"))
+    said = str(failed.value)
+    assert "not rolled back: refusing to roll back relocation r, nothing changed" in said
+    assert "(the daemon is down (start it with 'true'))" in said, said
+    assert cfg.read_text() == "{}\n"  # what the other writer put there is kept

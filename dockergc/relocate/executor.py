@@ -217,20 +217,31 @@ def state_dir_of(journal: Journal) -> Path:
 
 def unfinished_rollback(journal: Journal, view: RelocationView) -> str:
     """Why a rollback did not finish, whether the daemon is down, and how to go on."""
+    redo = command(state_dir_of(journal), "relocate", "rollback", journal.run_id)
+    return f"{view.error}; {_daemon_now(journal)}; once that is settled, finish it with '{redo}'"
+
+
+def _daemon_now(journal: Journal) -> str:
+    """Where the daemon stands, from the journal: the run's stop and start, the
+    rollback's start."""
     records, plan = journal.records(), _plan(journal)
     begun = [i for i, r in enumerate(records) if r.get("type") == "rollback-begin"]
-    since = records[begun[-1] if begun else 0 :]
+    forward, since = records[: begun[0] if begun else None], records[begun[-1] if begun else 0 :]
     started = any(r.get("type") == "undo-done" and r.get("step") == "start-daemon" for r in since)
     stop = next((s for s in plan if isinstance(s, S.StopDaemon)), None)
     stopped = any(
         r.get("type") == "intent" and isinstance(plan[int(r["seq"])], S.StopDaemon) for r in records
     )
-    if started or stop is None or not stopped:
-        daemon_now = "the daemon was started again" if started else "the daemon was not stopped"
-    else:
-        daemon_now = f"the daemon is down (start it with '{stop.start_cmd}')"
-    redo = command(state_dir_of(journal), "relocate", "rollback", journal.run_id)
-    return f"{view.error}; {daemon_now}; once that is settled, finish it with '{redo}'"
+    up_on_new = any(
+        r.get("type") == "done" and isinstance(plan[int(r["seq"])], S.StartDaemon) for r in forward
+    )
+    if started:
+        return "the daemon was started again"
+    if stop is None or not stopped:
+        return "the daemon was not stopped"
+    if up_on_new:
+        return "the daemon was left running on the new root"
+    return f"the daemon is down (start it with '{stop.start_cmd}')"
 
 
 def _plan(journal: Journal) -> list[S.Step]:
@@ -248,9 +259,9 @@ def _refuse_unrestorable(journal: Journal, undo: list[S.Step]) -> None:
         except ConfigConflict as exc:
             redo = command(state_dir_of(journal), "relocate", "rollback", journal.run_id)
             raise ConfigConflict(
-                f"refusing to roll back relocation {journal.run_id}, nothing changed (the "
-                f"daemon left running): {exc}; put the right daemon.json in place by hand, "
-                f"then run '{redo}'",
+                f"refusing to roll back relocation {journal.run_id}, nothing changed "
+                f"({_daemon_now(journal)}): {exc}; put the right daemon.json in place by "
+                f"hand, then run '{redo}'",
                 hint="",
             ) from None
 
