@@ -222,26 +222,34 @@ def unfinished_rollback(journal: Journal, view: RelocationView) -> str:
 
 
 def _daemon_now(journal: Journal) -> str:
-    """Where the daemon stands, from the journal: the run's stop and start, the
-    rollback's start."""
-    records, plan = journal.records(), _plan(journal)
-    begun = [i for i, r in enumerate(records) if r.get("type") == "rollback-begin"]
-    forward, since = records[: begun[0] if begun else None], records[begun[-1] if begun else 0 :]
-    started = any(r.get("type") == "undo-done" and r.get("step") == "start-daemon" for r in since)
+    """Where the daemon stands, from the journal read in order: the run's stop (issued:
+    down) and start (done: up on the new root), the rollback's stop and start."""
+    plan = _plan(journal)
     stop = next((s for s in plan if isinstance(s, S.StopDaemon)), None)
-    stopped = any(
-        r.get("type") == "intent" and isinstance(plan[int(r["seq"])], S.StopDaemon) for r in records
-    )
-    up_on_new = any(
-        r.get("type") == "done" and isinstance(plan[int(r["seq"])], S.StartDaemon) for r in forward
-    )
-    if started:
+    now = "not stopped"
+    for r in journal.records():
+        kind = r.get("type")
+        if kind in ("intent", "done"):
+            step = plan[int(r["seq"])]
+            if kind == "intent" and isinstance(step, S.StopDaemon):
+                now = "down"
+            elif kind == "done" and isinstance(step, S.StartDaemon):
+                now = "on the new root"
+        elif kind == "undo-intent" and _named(r.get("step"), "stop-daemon"):
+            now = "down"
+        elif kind == "undo-done" and r.get("step") == "start-daemon":
+            now = "started again"
+    if now == "started again":
         return "the daemon was started again"
-    if stop is None or not stopped:
-        return "the daemon was not stopped"
-    if up_on_new:
+    if now == "on the new root":
         return "the daemon was left running on the new root"
-    return f"the daemon is down (start it with '{stop.start_cmd}')"
+    if now == "down" and stop is not None:
+        return f"the daemon is down (start it with '{stop.start_cmd}')"
+    return "the daemon was not stopped"
+
+
+def _named(step: Any, name: str) -> bool:
+    return isinstance(step, dict) and step.get("name") == name
 
 
 def _plan(journal: Journal) -> list[S.Step]:
