@@ -286,3 +286,26 @@ def test_post_verify_counts_the_old_root_when_it_runs_not_at_preflight(
         _post_verify(old, new, monkeypatch, images=3, containers=found)
     with pytest.raises(RelocationFailed, match="0 to 1 \\(--rm ones may go\\) containers"):
         _post_verify(old, new, monkeypatch, images=3, containers=2)
+
+
+def test_a_signal_during_a_precopy_pass_runs_no_further_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM/SIGHUP to dockergc alone lets the pass under way finish (rsync is not
+    signalled), then no other starts: each may take as long as the first."""
+    from dockergc.execute.runner import _Stop
+    from dockergc.relocate import impl
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    _root(old)
+    stop = _Stop()
+    ran: list[str] = []
+
+    def one_pass(argv: list[str], ctx: Context, label: str) -> tuple[int, str, int]:
+        ran.append(label)
+        stop.signum = 15  # SIGTERM, arriving during the first pass
+        return 0, "", 10 * 2**30  # a big delta: passes would go on
+
+    monkeypatch.setattr(impl, "_rsync", one_pass)
+    perform(S.PreCopy(str(old), str(new), "", "m"), Context("r", stop=stop))
+    assert ran == ["pre-copy pass 1"]

@@ -303,6 +303,8 @@ def _precopy(step: S.PreCopy, ctx: Context) -> None:
     _prepare_target(step, ctx)
     passes: list[Pass] = []
     while not enough_passes(passes, ctx.max_passes):
+        if ctx.stop is not None and ctx.stop.requested:
+            return  # Ctrl-C/SIGTERM/SIGHUP: no further pass; the run rolls back after it
         label = f"pre-copy pass {len(passes) + 1}" + (f" ({step.what})" if step.what else "")
         t0 = time.monotonic()
         returncode, errors, copied = _rsync(
