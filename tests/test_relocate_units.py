@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -458,3 +459,38 @@ def test_a_refused_rollback_says_the_daemon_is_down_when_it_is(tmp_path: Path) -
     assert "not rolled back: refusing to roll back relocation r, nothing changed" in said
     assert "(the daemon is down (start it with 'true'))" in said, said
     assert cfg.read_text() == "{}\n"  # what the other writer put there is kept
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="relocation needs root")
+def test_malformed_container_and_volume_metadata_is_moved_not_a_crash(tmp_path: Path) -> None:
+    """JSON that is not the object the daemon writes (an empty config.v2.json, a list in
+    opts.json, a string for a mount point): preflight notes the files, passes, and the
+    rewrite step leaves them as copied; never an internal error."""
+    import json as jsonlib
+
+    from dockergc.fixture.demo import write_demo_root
+    from tests.conftest import run_cli
+
+    old = write_demo_root(tmp_path / "docker")
+    (web,) = [d for d in (old / "containers").iterdir() if (d / "config.v2.json").exists()]
+    doc = jsonlib.loads((web / "config.v2.json").read_text())
+    doc["MountPoints"] = {"/data": "oops", "/x": {"Type": "bind", "Source": 7}}
+    (web / "config.v2.json").write_text(jsonlib.dumps(doc))
+    broken = old / "containers" / ("ab" * 32)
+    broken.mkdir()
+    (broken / "config.v2.json").write_text("")
+    (old / "volumes/pgdata/opts.json").write_text('["x"]')
+    config = tmp_path / "daemon.json"
+    config.write_text("{}")
+    out = run_cli(
+        *("relocate", "--to", str(tmp_path / "new"), "--root", str(old)),
+        *("--config-file", str(config), "--host", "unix:///nonexistent.sock", "--dry-run"),
+    ).stdout
+    assert "[note] metadata parses: not JSON objects" in out and "preflight passed" in out
+    assert f"{broken}/config.v2.json" in out and f"{old}/volumes/pgdata/opts.json" in out
+    new = tmp_path / "copy"
+    shutil.copytree(old, new, symlinks=True)
+    said: list[str] = []
+    perform(S.RewritePaths(str(old), str(new)), Context("r", progress=said.append))
+    assert (new / "containers" / ("ab" * 32) / "config.v2.json").read_text() == ""
+    assert any("left as copied: not JSON" in line for line in said), said

@@ -30,6 +30,7 @@ from dockergc.relocate import steps as S
 from dockergc.relocate.targetfs import filesystem_of
 from dockergc.relocate.verify import SKIP_TOP, compare, is_metadata
 from dockergc.render.interface import human_bytes
+from dockergc.store.fsread import parse_json
 from dockergc.store.snapshot import read_pins
 
 RELOCATIONS = "relocations"
@@ -452,7 +453,13 @@ def _rewrite(step: S.RewritePaths, ctx: Context) -> None:
     for path in sorted(Path(step.new, "containers").glob("*/*.json")):
         if path.is_symlink() or path.name not in ("config.v2.json", "hostconfig.json"):
             continue
-        doc = json.loads(path.read_text())
+        try:
+            doc = parse_json(path.read_bytes())
+        except ValueError as exc:
+            # dockerd does not load a container it cannot read either; the file stays as
+            # copied (byte for byte), named so the operator can see to it.
+            ctx.progress(f"rewrite-paths: {path} left as copied: not JSON ({exc})")
+            continue
         moved = rebase(doc, step.old, step.new)
         if moved != doc:
             text = json.dumps(moved, separators=(",", ":"))

@@ -26,7 +26,7 @@ from dockergc.measure import measure
 from dockergc.relocate import ctdconfig, daemonjson
 from dockergc.relocate.targetfs import filesystem_of
 from dockergc.render.interface import human_bytes
-from dockergc.store.fsread import UnreadableFile, read_text
+from dockergc.store.fsread import UnreadableFile, parse_json, read_text
 from dockergc.stores.containerd.locate import containerd_serving
 from dockergc.stores.containerd.metadb import read_metadb
 from dockergc.stores.containerd.records import MOBY, MOBY_HISTORY
@@ -289,29 +289,46 @@ def check_config(pf: Preflight, config: Path) -> None:
 
 def find_not_moving(pf: Preflight, old: Path) -> None:
     """Absolute paths the daemon uses that a new data-root does not bring along."""
+    unparsable: list[str] = []
     for cfg in sorted((old / "containers").glob("*/config.v2.json")):
-        try:
-            doc = json.loads(read_text(cfg))
-        except (UnreadableFile, ValueError):
-            continue
-        for mp in (doc.get("MountPoints") or {}).values():
-            src = mp.get("Source") or ""
-            if mp.get("Type") == "bind" and src and not src.startswith(str(old) + "/"):
+        doc = _json_object(cfg, unparsable)
+        mounts = doc.get("MountPoints")
+        for mp in mounts.values() if isinstance(mounts, dict) else ():
+            src = mp.get("Source") if isinstance(mp, dict) else None
+            if not isinstance(src, str) or not src or mp.get("Type") != "bind":
+                continue
+            if not src.startswith(str(old) + "/"):
                 name = str(doc.get("Name", "?")).lstrip("/")
                 pf.not_moving.append(f"bind mount {src} of container {name}")
     for opts in sorted((old / "volumes").glob("*/opts.json")):
-        try:
-            doc = json.loads(read_text(opts))
-        except (UnreadableFile, ValueError):
-            continue
+        doc = _json_object(opts, unparsable)
         mount_opts = str(doc.get("MountOpts", "")) + str(doc.get("MountDevice", ""))
         if "device=" in mount_opts or doc.get("MountDevice"):
             pf.not_moving.append(f"volume {opts.parent.name} with device options {mount_opts}")
+    if unparsable:  # copied byte for byte; the daemon will not load them either
+        pf.add(
+            "metadata parses",
+            False,
+            "not JSON objects, copied as they are and left unrewritten: " + ", ".join(unparsable),
+            blocking=False,
+        )
     moved = pf.ctd_old and os.path.realpath("/var/lib/containerd") == pf.ctd_old
     if Path("/var/lib/containerd").is_dir() and not moved:
         pf.not_moving.append(
             "/var/lib/containerd (containerd's own root; data-root does not move it)"
         )
+
+
+def _json_object(path: Path, unparsable: list[str]) -> dict[str, Any]:
+    """The JSON object in ``path``; {} (and its name in ``unparsable``) for anything else."""
+    try:
+        doc = parse_json(read_text(path))
+    except (UnreadableFile, ValueError):
+        doc = None
+    if isinstance(doc, dict):
+        return doc
+    unparsable.append(str(path))
+    return {}
 
 
 def check_holders(pf: Preflight, old: Path) -> None:
