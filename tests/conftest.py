@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,26 @@ def _fd_limit() -> None:
     from dockergc.measure import raise_fd_limit
 
     raise_fd_limit()
+
+
+@pytest.fixture
+def fake_daemon(tmp_path: Path) -> Iterator[Callable[..., None]]:
+    """Start a process whose executable is named NAME (dockerd, containerd), with the given
+    arguments: a copy of the Python interpreter, sleeping. What dockergc reads of a running
+    daemon (its executable's name, its command line) without running one."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str) -> None:
+        exe = tmp_path / "fake-daemons" / name
+        exe.parent.mkdir(exist_ok=True)
+        shutil.copy(os.path.realpath(sys.executable), exe)
+        proc = subprocess.Popen([str(exe), "-", *args], stdin=subprocess.PIPE)
+        assert proc.stdin is not None
+        proc.stdin.write(b"import time; time.sleep(120)\n")
+        proc.stdin.close()
+        procs.append(proc)
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()

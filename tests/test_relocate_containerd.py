@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -609,31 +607,9 @@ def test_preflight_fails_when_an_imported_file_sets_the_root(tmp_path: Path) -> 
     assert f"{tmp_path}/conf.d/50-root.toml (imported by {h.toml}) sets root" in detail
 
 
-@pytest.fixture
-def fake_containerd(tmp_path: Path) -> Iterator[Callable[..., None]]:
-    """Start a process whose executable is named containerd, with the given arguments (a
-    copy of the Python interpreter, sleeping): what the preflight reads of a running one."""
-    exe = tmp_path / "bin/containerd"
-    exe.parent.mkdir()
-    shutil.copy(os.path.realpath(sys.executable), exe)
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str) -> None:
-        proc = subprocess.Popen([str(exe), "-", *args], stdin=subprocess.PIPE)
-        assert proc.stdin is not None
-        proc.stdin.write(b"import time; time.sleep(120)\n")
-        proc.stdin.close()
-        procs.append(proc)
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.mark.parametrize("how", ["--root", "another config"])
 def test_preflight_fails_when_containerd_would_not_take_the_switched_root(
-    tmp_path: Path, fake_containerd: Callable[..., None], how: str
+    tmp_path: Path, fake_daemon: Callable[..., None], how: str
 ) -> None:
     """The switch changes config.toml's root: a containerd whose root is on its command
     line, or that reads another config file, would come back on the old root."""
@@ -643,10 +619,12 @@ def test_preflight_fails_when_containerd_would_not_take_the_switched_root(
     other = tmp_path / "other.toml"
     shutil.copy(h.toml, other)
     if how == "--root":
-        fake_containerd("--address", plan.address, "--config", str(h.toml), "--root", str(h.ctd))
+        fake_daemon(
+            "containerd", "--address", plan.address, "--config", str(h.toml), "--root", str(h.ctd)
+        )
         says = f"--root on its command line wins over {h.toml}'s root"
     else:
-        fake_containerd("--address", plan.address, "--config", str(other))
+        fake_daemon("containerd", "--address", plan.address, "--config", str(other))
         says = f"reads {other}, not {h.toml}: pass --containerd-config {other}"
     for _ in range(100):  # until it runs as containerd (not still the fork)
         pf = preflight(h.old, tmp_path / "new/docker", h.config, [], store="containerd",
@@ -660,12 +638,12 @@ def test_preflight_fails_when_containerd_would_not_take_the_switched_root(
 
 
 def test_preflight_passes_a_containerd_reading_the_config_that_is_switched(
-    tmp_path: Path, fake_containerd: Callable[..., None]
+    tmp_path: Path, fake_daemon: Callable[..., None]
 ) -> None:
     h = _host(tmp_path)
     plan = _ctd_plan(h, tmp_path / "new/ctd")
     Path(plan.address).write_text("")
-    fake_containerd("--address", plan.address, "--config", str(h.toml))
+    fake_daemon("containerd", "--address", plan.address, "--config", str(h.toml))
     for _ in range(100):
         pf = preflight(h.old, tmp_path / "new/docker", h.config, [], store="containerd",
                        containerd=plan)  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -494,3 +495,45 @@ def test_malformed_container_and_volume_metadata_is_moved_not_a_crash(tmp_path: 
     perform(S.RewritePaths(str(old), str(new)), Context("r", progress=said.append))
     assert (new / "containers" / ("ab" * 32) / "config.v2.json").read_text() == ""
     assert any("left as copied: not JSON" in line for line in said), said
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads other processes' /proc")
+@pytest.mark.parametrize("how", ["--data-root", "-g", "another config", "this config"])
+def test_preflight_knows_a_dockerd_that_would_not_take_the_switched_root(
+    tmp_path: Path, fake_daemon: Callable[..., None], how: str
+) -> None:
+    """The switch changes daemon.json's data-root: a dockerd with --data-root (or -g) on
+    its command line refuses to start beside it; one that reads another file would come
+    back on the old root. Both fail the preflight; the file it reads passes."""
+    import time
+
+    from dockergc.relocate import takes
+    from dockergc.relocate.preflight import Preflight
+
+    old = tmp_path / "docker"
+    (old / "containers").mkdir(parents=True)
+    config, other = tmp_path / "daemon.json", tmp_path / "other.json"
+    for f in (config, other):
+        f.write_text(json.dumps({"data-root": str(old)}))
+    args = {
+        "--data-root": ["--data-root", str(old)],
+        "-g": ["-g", str(old), "--config-file", str(config)],
+        "another config": ["--config-file", str(other)],
+        "this config": ["--config-file", str(config)],
+    }[how]
+    fake_daemon("dockerd", *args)
+    for _ in range(100):  # until it runs as dockerd (not still the fork)
+        pf = Preflight(old=str(old), new="/new", bytes_to_copy=0, entries=0, running=[])
+        takes.check_dockerd(pf, old, config)
+        if pf.checks:
+            break
+        time.sleep(0.05)
+    (check,) = pf.checks
+    assert check.ok is (how == "this config"), check
+    says = {
+        "--data-root": f"--data-root {old} on its command line",
+        "-g": f"-g {old} on its command line",
+        "another config": f"reads {other}, not {config}: pass --config-file {other}",
+        "this config": str(config),
+    }[how]
+    assert says in check.detail, check.detail

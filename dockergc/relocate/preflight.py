@@ -23,11 +23,10 @@ import psutil
 
 from dockergc.host.detect import scan
 from dockergc.measure import measure
-from dockergc.relocate import ctdconfig, daemonjson
+from dockergc.relocate import ctdconfig, daemonjson, takes
 from dockergc.relocate.targetfs import filesystem_of
 from dockergc.render.interface import human_bytes
 from dockergc.store.fsread import UnreadableFile, parse_json, read_text
-from dockergc.stores.containerd.locate import containerd_serving
 from dockergc.stores.containerd.metadb import read_metadb
 from dockergc.stores.containerd.records import MOBY, MOBY_HISTORY
 
@@ -549,53 +548,6 @@ def check_containerd_config(pf: Preflight, ctd: ContainerdPlan) -> None:
     )
 
 
-def check_containerd_serving(pf: Preflight, ctd: ContainerdPlan) -> None:
-    """The running containerd at the socket dockerd uses must run on the root that moves
-    (else config.toml and the root are not the pair dockerd uses), and, when its root
-    moves, take that root from the config.toml that is switched: not from --root on its
-    command line, not from another config file."""
-    serving = containerd_serving(ctd.address)
-    if serving is None:
-        pf.add(
-            "containerd runs on the root",
-            False,
-            f"no running containerd found at {ctd.address}; moving {ctd.old} as located",
-            blocking=False,
-        )
-        return
-    same = os.path.realpath(serving.root) == str(ctd.old)
-    pf.add(
-        "containerd runs on the root",
-        same,
-        f"{serving.how}: {serving.root}"
-        + ("" if same else f", not {ctd.old}: pass --containerd-config FILE"),
-    )
-    if ctd.new is None:
-        return
-    if serving.root_flag:
-        pf.add(
-            "containerd takes its root from config.toml",
-            False,
-            f"{serving.how}: --root on its command line wins over {ctd.config}'s root; "
-            "remove it from the service's command line first",
-        )
-    elif not _same_file(serving.config_here, ctd.config):
-        pf.add(
-            "containerd takes its root from config.toml",
-            False,
-            f"{serving.how} reads {serving.config}, not {ctd.config}: "
-            f"pass --containerd-config {serving.config}",
-        )
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except OSError:  # one (or both) absent: the same only if the same path
-        return os.path.realpath(a) == os.path.realpath(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
 def check_namespaces(pf: Preflight, ctd: ContainerdPlan) -> None:
     """containerd namespaces besides dockerd's own: other clients (the kubelet's k8s.io,
     ctr's default) that stop with containerd and move with its root."""
@@ -654,7 +606,7 @@ def check_containerd(pf: Preflight, old: Path, new: Path, ctd: ContainerdPlan) -
             pf.add(f"containerd target: {c.name}", c.ok, c.detail, c.blocking)
         pf.ctd_bytes, pf.ctd_entries = _measured(pf, ctd.old)
     check_containerd_config(pf, ctd)
-    check_containerd_serving(pf, ctd)
+    takes.check_containerd_serving(pf, ctd)
     check_namespaces(pf, ctd)
 
 
@@ -692,6 +644,8 @@ def preflight(
         check_downtime(pf, [old, *([Path(pf.ctd_old)] if pf.ctd_new else [])])
     check_rsync(pf)
     check_config(pf, config)
+    if not bind:  # --bind leaves daemon.json as it is
+        takes.check_dockerd(pf, old, config)
     find_not_moving(pf, old)
     check_holders(pf, old)
     pf.selinux = selinux_enforcing()
