@@ -291,7 +291,8 @@ def _stop_if_asked(journal: Journal, ctx: Context, after: str) -> None:
 
 
 def rollback(journal: Journal, ctx: Context) -> RelocationView:
-    """Undo every started step, newest first; the old root is left as it was.
+    """Undo every started step, newest first but the copies' removal, done last (after
+    the daemon is started again); the old root is left as it was.
 
     daemon.json is checked before any undo runs (refused: nothing changed). If it cannot
     be restored even so, or the bind mount not unmounted, stop there: every later undo
@@ -322,8 +323,11 @@ def rollback(journal: Journal, ctx: Context) -> RelocationView:
         # The roots it runs on are in doubt: run the command, wait for nothing (below).
         _best_effort(journal, ctx, S.StopDaemon(stop.cmd, stop.start_cmd, stop.host, ""), failures)
         _stop_if_asked(journal, ctx, "stop-daemon")
-    for i in started:
-        back = plan[i].reverse()
+    undos = [plan[i].reverse() for i in started]
+    # Removing a copy touches only the target: done after the daemon is started on the
+    # old root again, its time (minutes for millions of files) is not downtime.
+    undos.sort(key=lambda back: isinstance(back, S.RemoveCopy))  # stable: newest first
+    for back in undos:
         if isinstance(back, S.StopDaemon) and ran_on_new:
             continue  # already stopped above, even if its start never answered
         done = _best_effort(journal, ctx, back, failures)
