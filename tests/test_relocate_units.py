@@ -537,3 +537,31 @@ def test_preflight_knows_a_dockerd_that_would_not_take_the_switched_root(
         "this config": str(config),
     }[how]
     assert says in check.detail, check.detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+def test_preflight_warns_of_a_mount_under_the_root_the_daemon_does_not_make(
+    tmp_path: Path,
+) -> None:
+    """A filesystem mounted under the root by hand or fstab stays after the daemon stops,
+    and the move would wait for it after the stop: preflight says so. A volume with mount
+    options (the daemon mounts and unmounts it) is not warned of."""
+    import subprocess
+
+    from dockergc.fixture.demo import write_demo_root
+    from dockergc.relocate.preflight import Preflight, _measured
+
+    old = write_demo_root(tmp_path / "docker")
+    for name in ("big", "nfs"):
+        (old / "volumes" / name / "_data").mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(old / "volumes" / name / "_data")])
+    (old / "volumes/nfs/opts.json").write_text('{"MountType":"nfs","MountOpts":"addr=x"}')
+    try:
+        pf = Preflight(old=str(old), new="/new", bytes_to_copy=0, entries=0, running=[])
+        _measured(pf, old)
+    finally:
+        for name in ("big", "nfs"):
+            subprocess.run(["umount", str(old / "volumes" / name / "_data")], check=True)
+    (check,) = [c for c in pf.checks if c.name == "mounts under the root"]
+    assert not check.ok and not check.blocking
+    assert f"{old}/volumes/big/_data" in check.detail and "nfs" not in check.detail

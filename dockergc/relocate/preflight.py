@@ -7,6 +7,7 @@ devices, hard links, an overlay mount) is to try them.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -226,7 +227,44 @@ def _measured(pf: Preflight, old: Path) -> tuple[int, int]:
     pf.walk_seconds += time.monotonic() - t0
     if usage and usage.other_mounts:
         pf.not_moving += [f"{m} (another filesystem under the root)" for m in usage.other_mounts]
+        foreign = [m for m in usage.other_mounts if not _daemons_own(old, Path(m))]
+        if foreign:
+            pf.add(
+                "mounts under the root",
+                False,
+                "not ones the daemons make and remove as they stop: "
+                + ", ".join(foreign)
+                + "; unless unmounted by then, the move waits for them after the stop, "
+                "then rolls back: unmount them (and their fstab lines) first",
+                blocking=False,
+            )
     return (usage.bytes, usage.entries) if usage else (0, 0)
+
+
+# Mounts dockerd and containerd make under their roots and remove when they stop (or
+# when the container using them stops): relative paths, fnmatch patterns.
+DAEMON_MOUNTS = (
+    "overlay2/*/merged",
+    "containers/*/mounts/*",
+    "volumes/*/_data",  # a local volume with mount options, while a container uses it
+    "plugins/*/rootfs",
+    "plugins/*/propagated-mount",
+    "rootfs/overlayfs/*",
+    "buildkit/*",
+    "io.containerd.runtime.v2.task/*/*/rootfs",
+    "io.containerd.grpc.v1.cri/sandboxes/*/shm",
+    "tmpmounts/*",
+)
+
+
+def _daemons_own(root: Path, mount: Path) -> bool:
+    try:
+        rel = str(mount.relative_to(root))
+    except ValueError:
+        return False
+    if fnmatch.fnmatch(rel, "volumes/*/_data"):  # only a volume with options is mounted
+        return (root / rel).parent.joinpath("opts.json").exists()
+    return any(fnmatch.fnmatch(rel, pattern) for pattern in DAEMON_MOUNTS)
 
 
 def check_space(
