@@ -565,3 +565,39 @@ def test_preflight_warns_of_a_mount_under_the_root_the_daemon_does_not_make(
     (check,) = [c for c in pf.checks if c.name == "mounts under the root"]
     assert not check.ok and not check.blocking
     assert f"{old}/volumes/big/_data" in check.detail and "nfs" not in check.detail
+
+
+@pytest.mark.parametrize("have", ["semanage", "semanage with a rule", "restorecon only"])
+def test_relabel_makes_the_new_path_equivalent_to_the_old_before_restorecon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, have: str
+) -> None:
+    """restorecon alone would give the copy its new path's default labels; with semanage
+    the new path first gets the old one's (an equivalence rule); without it the labels
+    rsync copied are kept and restorecon is not run."""
+    log = tmp_path / "calls"
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    names = ["restorecon"] if have == "restorecon only" else ["semanage", "restorecon"]
+    for name in names:
+        refuse = name == "semanage" and have == "semanage with a rule"
+        body = 'case "$*" in *" -a "*) exit 1;; esac\n' if refuse else ""
+        (tools / name).write_text(f'#!/bin/sh\necho "{name} $*" >>{log}\n{body}')
+        (tools / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
+    said: list[str] = []
+    perform(
+        S.Relabel("/mnt/disk/docker", old="/var/lib/docker"), Context("r", progress=said.append)
+    )
+    calls = log.read_text().splitlines() if log.exists() else []
+    rule = "semanage fcontext {} -e /var/lib/docker /mnt/disk/docker"
+    expected = {
+        "semanage": [rule.format("-a"), "restorecon -R /mnt/disk/docker"],
+        "semanage with a rule": [
+            rule.format("-a"),
+            rule.format("-m"),
+            "restorecon -R /mnt/disk/docker",
+        ],
+        "restorecon only": [],
+    }[have]
+    assert calls == expected
+    assert bool(said) is (have == "restorecon only")

@@ -468,8 +468,25 @@ def _rewrite(step: S.RewritePaths, ctx: Context) -> None:
 
 @implementation_for(S.Relabel)
 def _relabel(step: S.Relabel, ctx: Context) -> None:
-    if shutil.which("restorecon"):
-        daemon.run_command(shlex.join(["restorecon", "-R", step.new]), ctx.timeout * 10)
+    """restorecon labels by path: on a new path without a rule it would give the copy
+    that path's default labels (not container_var_lib_t), undoing what rsync -X copied.
+    So the new path is first made equivalent to the old (``semanage fcontext -a -e OLD
+    NEW``, the documented way to move a labelled tree); without semanage the copied
+    labels are kept as they are and restorecon is not run."""
+    if not step.old:  # a journal from before the rule: as it was then
+        if shutil.which("restorecon"):
+            daemon.run_command(shlex.join(["restorecon", "-R", step.new]), ctx.timeout * 10)
+        return
+    if not shutil.which("semanage") or not shutil.which("restorecon"):
+        ctx.progress(f"{S.label(step)}: no semanage/restorecon: the labels rsync copied kept")
+        return
+    rule = ["semanage", "fcontext", "-a", "-e", step.old, step.new]
+    try:
+        daemon.run_command(shlex.join(rule), ctx.timeout)
+    except daemon.EngineUnavailable:  # a rule for the path already: make it this one
+        rule[2] = "-m"
+        daemon.run_command(shlex.join(rule), ctx.timeout)
+    daemon.run_command(shlex.join(["restorecon", "-R", step.new]), ctx.timeout * 10)
 
 
 def _shows(old: str, new: str) -> bool:

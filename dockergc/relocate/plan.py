@@ -77,7 +77,7 @@ def plan_relocation(
     if not bind:
         plan.append(S.RewritePaths(str(old), str(new)))
     if selinux:
-        plan += [S.Relabel(n, what) for _, n, _, what in pairs]
+        plan += [S.Relabel(n, what, old=o) for o, n, _, what in pairs]
     if bind:
         plan.append(S.BindMount(str(new), str(old)))
     else:

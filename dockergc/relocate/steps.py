@@ -148,9 +148,13 @@ class RewritePaths:
 
 @dataclass(frozen=True)
 class Relabel:
+    """SELinux: label the copy as the old root's path is labelled (an equivalence rule,
+    then restorecon). ``old`` is "" in journals from before the rule."""
+
     new: str
     what: str = ""
     name: str = "selinux-relabel"
+    old: str = ""
 
     def reverse(self) -> Step:
         return Noop()
