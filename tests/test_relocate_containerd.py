@@ -654,3 +654,30 @@ def test_preflight_passes_a_containerd_reading_the_config_that_is_switched(
     assert checks["containerd runs on the root"][0], checks
     assert "containerd takes its root from config.toml" not in checks
     assert pf.ok, checks
+
+
+def test_imports_resolve_from_the_path_containerd_is_given_not_its_symlink_target(
+    tmp_path: Path,
+) -> None:
+    """config.toml a symlink into a config-management dir: containerd resolves relative
+    imports from the dir of the path it is given (no symlink followed), so must we."""
+    h = _host(tmp_path)
+    managed = tmp_path / "managed"
+    managed.mkdir()
+    etc = tmp_path / "etc"
+    (etc / "conf.d").mkdir(parents=True)
+    (etc / "conf.d/10-root.toml").write_text(f'root = "{h.ctd}"\n')
+    (managed / "config.toml").write_bytes(b'imports = ["conf.d/*.toml"]\n' + h.toml.read_bytes())
+    (etc / "config.toml").symlink_to(managed / "config.toml")
+    plan = ContainerdPlan(
+        h.ctd,
+        tmp_path / "new/ctd",
+        managed / "config.toml",
+        str(tmp_path / "none.sock"),
+        config_named=str(etc / "config.toml"),
+    )
+    (tmp_path / "new").mkdir()
+    pf = preflight(h.old, tmp_path / "new/docker", h.config, [], store="containerd",
+                   containerd=plan)  # fmt: skip
+    ok, detail = _checks(pf)["containerd config imports"]
+    assert not ok and f"{etc}/conf.d/10-root.toml (imported by" in detail

@@ -551,3 +551,37 @@ def test_ctrl_c_during_rollback_finishes_the_undo_and_says_how_to_go_on(
         in run_cli("relocate", "rollback", run_id, "--state-dir", str(state), "--yes").stdout
     )
     assert config.read_bytes() == CONFIG
+
+
+def test_a_rollback_cut_short_after_the_start_never_stops_the_daemon_again(
+    tmp_path: Path, fake_engine: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copies are removed after the daemon is started on the old root, so that is
+    where Ctrl-C most likely cuts a rollback short. Finishing it as told ('relocate
+    rollback RUN') only removes the copy: the daemon that runs again is not stopped and
+    started once more."""
+    from dockergc import daemon
+    from dockergc.execute.runner import _Stop
+    from dockergc.relocate.impl import Context
+
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    assert _relocate_cli(host, config, old, new, state).returncode == 0
+    (run_id,) = executor.list_runs_in(state)
+    journal = executor.journal_for(state, run_id)
+    commands: list[str] = []
+    stop = _Stop()
+
+    def started(cmd: str, timeout: float = 0) -> None:
+        commands.append(f"start {cmd}")
+        stop.signum = signal.SIGINT  # Ctrl-C, as the daemon comes up again
+
+    monkeypatch.setattr(daemon, "run_command", lambda cmd, timeout=0: commands.append(cmd))
+    monkeypatch.setattr(daemon, "run_start_command", started)
+    with pytest.raises(executor.Interrupted, match="the daemon was started again"):
+        executor.rollback(journal, Context(run_id, stop=stop))
+    assert commands == ["true", "start true"] and any(new.iterdir())  # the copy is still there
+    commands.clear()
+    assert executor.rollback(journal, Context(run_id)).state == "rolled-back"
+    assert commands == [] and not any(new.iterdir())  # only the copy removed
+    assert config.read_bytes() == CONFIG

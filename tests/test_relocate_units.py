@@ -438,6 +438,15 @@ def test_bind_steps_never_take_another_filesystem_for_their_mount(tmp_path: Path
     plain = Preflight(old=str(old), new=str(new), bytes_to_copy=0, entries=0, running=[])
     check_bind(plain, old)
     assert plain.ok
+    # A bind mount of a dir on the same filesystem: the same device as its parent.
+    (tmp_path / "src").mkdir()
+    subprocess.run(["mount", "--bind", str(tmp_path / "src"), str(old)], check=True)
+    try:
+        bound = Preflight(old=str(old), new=str(new), bytes_to_copy=0, entries=0, running=[])
+        check_bind(bound, old)
+    finally:
+        subprocess.run(["umount", str(old)], check=True)
+    assert not bound.ok and "is itself a mount point" in bound.checks[0].detail
 
 
 def test_a_refused_rollback_says_the_daemon_is_down_when_it_is(tmp_path: Path) -> None:

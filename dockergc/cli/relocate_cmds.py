@@ -306,7 +306,7 @@ def _containerd_plan(
         else None,
     )
     new = Path(os.path.realpath(to)) if to is not None else None
-    return ContainerdPlan(located.root, new, toml, located.address)
+    return ContainerdPlan(located.root, new, toml, located.address, config_named=named.value)
 
 
 RunIdArg = Annotated[str | None, typer.Argument(help="Relocation id [default: the latest].")]

@@ -8,6 +8,7 @@ copy, start the daemon on the old root. The old root is never written to before
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -222,10 +223,22 @@ def unfinished_rollback(journal: Journal, view: RelocationView) -> str:
 
 
 def _daemon_now(journal: Journal) -> str:
+    """Where the daemon stands, said for the one line."""
+    state = _daemon_state(journal)
+    if state == "started again":
+        return "the daemon was started again"
+    if state == "on the new root":
+        return "the daemon was left running on the new root"
+    stop = next((s for s in _plan(journal) if isinstance(s, S.StopDaemon)), None)
+    if state == "down" and stop is not None:
+        return f"the daemon is down (start it with '{stop.start_cmd}')"
+    return "the daemon was not stopped"
+
+
+def _daemon_state(journal: Journal) -> str:
     """Where the daemon stands, from the journal read in order: the run's stop (issued:
-    down) and start (done: up on the new root), the rollback's stop and start."""
+    down) and start (done: up on the new root), the rollbacks' stops and starts."""
     plan = _plan(journal)
-    stop = next((s for s in plan if isinstance(s, S.StopDaemon)), None)
     now = "not stopped"
     for r in journal.records():
         kind = r.get("type")
@@ -239,13 +252,25 @@ def _daemon_now(journal: Journal) -> str:
             now = "down"
         elif kind == "undo-done" and r.get("step") == "start-daemon":
             now = "started again"
-    if now == "started again":
-        return "the daemon was started again"
-    if now == "on the new root":
-        return "the daemon was left running on the new root"
-    if now == "down" and stop is not None:
-        return f"the daemon is down (start it with '{stop.start_cmd}')"
-    return "the daemon was not stopped"
+    return now
+
+
+def _undone(records: list[dict[str, Any]]) -> set[str]:
+    """Each undo a rollback finished (its journaled step): a rollback run again after one
+    was cut short does not do them again (nor stop the daemon it had started again)."""
+    finished: set[str] = set()
+    pending: str | None = None
+    for r in records:
+        if r.get("type") == "undo-intent":
+            pending = json.dumps(r.get("step"), sort_keys=True)
+        elif r.get("type") == "undo-done" and pending is not None:
+            finished.add(pending)
+            pending = None
+    return finished
+
+
+def _key(step: S.Step) -> str:
+    return json.dumps(S.step_dict(step), sort_keys=True)
 
 
 def _named(step: Any, name: str) -> bool:
@@ -315,10 +340,12 @@ def rollback(journal: Journal, ctx: Context) -> RelocationView:
     started = sorted({int(r["seq"]) for r in records if r.get("type") == "intent"}, reverse=True)
     plan = _plan(journal)
     _refuse_unrestorable(journal, [plan[i].reverse() for i in started])
+    finished = _undone(records)  # by a rollback cut short before this one
+    back_up = _daemon_state(journal) == "started again"
     journal.append({"type": "rollback-begin"})
     failures: list[str] = []
     ran_on_new = any(isinstance(plan[i], S.StartDaemon) for i in started)
-    if ran_on_new:
+    if ran_on_new and not back_up:  # not once an earlier rollback started it on the old root
         stop = next(s for s in plan if isinstance(s, S.StopDaemon))
         # The roots it runs on are in doubt: run the command, wait for nothing (below).
         _best_effort(journal, ctx, S.StopDaemon(stop.cmd, stop.start_cmd, stop.host, ""), failures)
@@ -328,6 +355,8 @@ def rollback(journal: Journal, ctx: Context) -> RelocationView:
     # old root again, its time (minutes for millions of files) is not downtime.
     undos.sort(key=lambda back: isinstance(back, S.RemoveCopy))  # stable: newest first
     for back in undos:
+        if _key(back) in finished:
+            continue  # done by the rollback cut short: the daemon is not stopped again
         if isinstance(back, S.StopDaemon) and ran_on_new:
             continue  # already stopped above, even if its start never answered
         done = _best_effort(journal, ctx, back, failures)

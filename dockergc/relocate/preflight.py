@@ -149,7 +149,7 @@ def check_bind(pf: Preflight, old: Path) -> None:
     """--bind mounts the copy over the old root's path. Over a mount point (the old root a
     disk or LV of its own) that would hide the disk rather than a dir, its fstab line
     would stack on the disk's own, and undoing it could unmount the disk itself."""
-    own = os.path.ismount(old)
+    own = os.path.ismount(old) or _mount_point(old)
     pf.add(
         "old root is a plain dir (--bind)",
         not own,
@@ -161,6 +161,19 @@ def check_bind(pf: Preflight, old: Path) -> None:
             else ""
         ),
     )
+
+
+def _mount_point(path: Path) -> bool:
+    """Whether something is mounted at ``path`` (a bind of a dir on the same filesystem
+    included, which ``os.path.ismount`` cannot tell by its device)."""
+    from dockergc.store.mountinfo import parse_mountinfo
+
+    try:
+        with open("/proc/self/mountinfo", errors="surrogateescape") as fh:
+            entries = parse_mountinfo(fh.read())
+    except OSError:
+        return True  # cannot tell: as if it were (refused, named)
+    return any(e.mount_point == str(path) for e in entries)
 
 
 def _probe_dir(new: Path) -> Path:
@@ -502,8 +515,11 @@ class ContainerdPlan:
 
     old: Path
     new: Path | None
-    config: Path
+    config: Path  # resolved: the file that is backed up and replaced
     address: str
+    # The path as containerd is given it: its relative imports resolve from that path's
+    # directory, symlinks not followed ("" : ``config``).
+    config_named: str = ""
 
 
 def _nested(a: Path, b: Path) -> bool:
@@ -560,7 +576,7 @@ def check_containerd_config(pf: Preflight, ctd: ContainerdPlan) -> None:
             + ("" if data is not None else " (no file: containerd's default)")
             + ("" if named == str(ctd.old) else f", not {ctd.old} (the root being moved)"),
         )
-        imported = ctdconfig.roots_in_imports(str(config), data)
+        imported = ctdconfig.roots_in_imports(ctd.config_named or str(config), data)
         if imported:
             pf.add(
                 "containerd config imports",
