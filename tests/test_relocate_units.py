@@ -447,6 +447,14 @@ def test_bind_steps_never_take_another_filesystem_for_their_mount(tmp_path: Path
     finally:
         subprocess.run(["umount", str(old)], check=True)
     assert not bound.ok and "is itself a mount point" in bound.checks[0].detail
+    # dockerd's own bind of its data root onto itself (a shared mount): the same dir.
+    subprocess.run(["mount", "--bind", str(old), str(old)], check=True)
+    try:
+        itself = Preflight(old=str(old), new=str(new), bytes_to_copy=0, entries=0, running=[])
+        check_bind(itself, old)
+    finally:
+        subprocess.run(["umount", str(old)], check=True)
+    assert itself.ok, itself.checks
 
 
 def test_a_refused_rollback_says_the_daemon_is_down_when_it_is(tmp_path: Path) -> None:

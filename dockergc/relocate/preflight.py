@@ -173,7 +173,22 @@ def _mount_point(path: Path) -> bool:
             entries = parse_mountinfo(fh.read())
     except OSError:
         return True  # cannot tell: as if it were (refused, named)
-    return any(e.mount_point == str(path) for e in entries)
+    at = [e for e in entries if e.mount_point == str(path)]
+    if not at:
+        return False
+    # dockerd bind-mounts its data root onto itself (to make it a shared mount): that is
+    # the same dir of the same filesystem, not another one mounted there.
+    covering = [
+        e
+        for e in entries
+        if e.mount_point != str(path)
+        and (e.mount_point == "/" or str(path).startswith(e.mount_point.rstrip("/") + "/"))
+    ]
+    if not covering:
+        return True
+    under = max(reversed(covering), key=lambda e: len(e.mount_point))  # the longest, last listed
+    same = os.path.normpath(os.path.join(under.root, os.path.relpath(path, under.mount_point)))
+    return any(e.device != under.device or e.root != same for e in at)
 
 
 def _probe_dir(new: Path) -> Path:
