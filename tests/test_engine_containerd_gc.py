@@ -262,7 +262,10 @@ def test_after_docker_prunes_nothing_but_build_history_is_left(
     assert blobs <= history, blobs - history  # each left is a record of build history
     assert not cs.snapshot_dirs(e), cs.snapshot_dirs(e)
     assert not cs.ctr(e, "images", "ls", "-q").split()
-    assert not cs.read_leases(e), cs.read_leases(e)  # no moby lease holds anything now
+    # No moby lease holds anything now. (An empty one may pass by: dockerd takes a
+    # lease, with a random id and no labels, for a moment in some API calls; seen once.)
+    holding = {i: x for i, x in cs.read_leases(e).items() if x.snapshots or x.content or x.ingests}
+    assert not holding, holding
     # and dockergc agrees: nothing left to plan
     plan = plan_json(e, "--min-age", "0")
     assert not [a for a in plan["actions"] if a["kind"] != "containerd-gc"], plan["actions"]
