@@ -5,9 +5,15 @@ final pass and nothing has changed it since (it is untouched until ``finalize``)
 taken at preflight would be stale: with the pre-copy the daemon runs on for as long as
 the copy takes, and containers come and go meanwhile.
 
-A container made with ``--rm`` (HostConfig.AutoRemove) that was running when the daemon
-stopped is removed by the daemon as it starts (moby's ``restore``), so the containers
-the daemon reports may be fewer, by at most those.
+The containers the daemon reports may be fewer, by at most those it drops as it starts
+(moby's ``restore``):
+
+- one made with ``--rm`` (HostConfig.AutoRemove) that was running when the daemon
+  stopped is removed;
+- one whose removal began (State.Dead or RemovalInProgress): a daemon that stops while
+  removing a ``--rm`` container leaves it so, and once the removal has released its rw
+  layer (and perhaps taken hostconfig.json with it) the daemon skips it as it loads.
+  Seen on a real 20.10 stopped with a ``--rm`` container running.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dockergc.store.images import read_images
 @dataclass(frozen=True)
 class Expected:
     images: int | None  # None: not checked (containerd image store: containerd's records)
-    containers_least: int  # without the auto-remove ones
+    containers_least: int  # without the ones the daemon may drop as it starts
     containers_most: int
 
     def fits(self, images: int, containers: int) -> bool:
@@ -33,7 +39,11 @@ class Expected:
 
     def __str__(self) -> str:
         least, most = self.containers_least, self.containers_most
-        held = f"{least}" if least == most else f"{least} to {most} (--rm ones may go)"
+        held = (
+            f"{least}"
+            if least == most
+            else f"{least} to {most} (--rm and half-removed ones may go)"
+        )
         return ("" if self.images is None else f"{self.images} images, ") + f"{held} containers"
 
 
@@ -41,7 +51,7 @@ def expected_from(old: Path, images: bool) -> Expected:
     """The counts the daemon must report on the copy of ``old``; ``images``: whether the
     image count is the data root's (graphdriver) to check."""
     store = read_containers(old)
-    removed = sum(1 for c in store.containers if _auto_remove(old, c.id))
+    removed = sum(1 for c in store.containers if c.removing or _auto_remove(old, c.id))
     total = len(store.containers)
     return Expected(len(read_images(old).images) if images else None, total - removed, total)
 

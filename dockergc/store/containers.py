@@ -27,6 +27,9 @@ class ContainerRecord:
     driver: str | None
     running: bool
     id_matches: bool = True  # config's ID is the dir name and State an object
+    # State.Dead or State.RemovalInProgress: a removal began (a daemon stopped mid-way
+    # through `rm`, or through a --rm container's removal as it shut down)
+    removing: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ def _parse(cid: str, text: str) -> ContainerRecord:
         image=image if isinstance(image, str) else None,
         driver=driver if isinstance(driver, str) else None,
         running=bool(state.get("Running")) if isinstance(state, dict) else False,
+        removing=isinstance(state, dict)
+        and (state.get("Dead") is True or state.get("RemovalInProgress") is True),
     )
 
 
