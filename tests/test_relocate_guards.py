@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from dockergc.execute.journal import Journal
 from dockergc.fixture.builder import RootBuilder
 from dockergc.relocate import daemonjson, executor
 from dockergc.relocate.verify import compare
@@ -479,8 +480,31 @@ def test_a_busy_bind_mount_stops_the_rollback_before_removing_the_copy(
     assert _dockergc_cli([*args, "--state-dir", str(state), "--yes"], state, "").returncode == 0
     (run_id,) = executor.list_runs_in(state)
     journal = executor.journal_for(state, run_id)
-    holder = subprocess.Popen(["sleep", "60"], cwd=old / "overlay2")
     rollback = ("relocate", "rollback", run_id, "--state-dir", str(state), "--yes")
+    try:
+        _busy_rollback(old, run_id, state, journal, new, tmp_path, rollback)
+        out = run_cli(*rollback).stdout
+        assert "rolled-back" in out and "add this line to /etc/fstab" not in out
+        assert f"remove the fstab line for {old} if you added it" in out
+        assert not _mounted(old), "the rollback left the bind mount in place"
+    finally:  # never leave a mount behind for the rest of the suite, whatever failed
+        for _ in range(5):  # stacked mounts come off one at a time
+            if not _mounted(old):
+                break
+            subprocess.run(["umount", "-l", str(old)], check=False)
+
+
+def _busy_rollback(
+    old: Path,
+    run_id: str,
+    state: Path,
+    journal: Journal,
+    new: Path,
+    tmp_path: Path,
+    rollback: tuple[str, ...],
+) -> None:
+    """The rollback while a process holds the bind mount: it stops at the unmount."""
+    holder = subprocess.Popen(["sleep", "60"], cwd=old / "overlay2")
     try:
         proc = run_cli(*rollback, check=None)
         assert proc.returncode == 1, proc.stderr
@@ -496,16 +520,6 @@ def test_a_busy_bind_mount_stops_the_rollback_before_removing_the_copy(
     finally:
         holder.kill()
         holder.wait()
-    try:
-        out = run_cli(*rollback).stdout
-        assert "rolled-back" in out and "add this line to /etc/fstab" not in out
-        assert f"remove the fstab line for {old} if you added it" in out
-        assert not _mounted(old), "the rollback left the bind mount in place"
-    finally:  # never leave a mount behind for the rest of the suite, whatever failed
-        for _ in range(5):  # stacked mounts come off one at a time
-            if not _mounted(old):
-                break
-            subprocess.run(["umount", "-l", str(old)], check=False)
 
 
 def _mounted(path: Path) -> bool:
