@@ -76,16 +76,16 @@ def test_crash_leftovers_are_found_freed_and_the_engine_still_works(
     left |= set(cs.crash_load(e, cs.random_image_tar(tmp_path / "b.tar", tag="b:1"), "import"))
     left |= set(cs.crash_containerd_load(e, cs.random_image_tar(tmp_path / "c.tar", tag="c:1")))
     build_left = set(cs.crash_build(e, tmp_path))
-    leases = cs.read_leases(e)
+    # Another client of the shared containerd (a kubelet's namespace): never acted on,
+    # though its lease looks just like an abandoned load's.
+    cs.ctr(e, "leases", "create", "--id", "kubelet-pull", "--expires", "24h", namespace="k8s.io")
+    cs.stop_dockerd(e)
+    leases = cs.read_leases(e)  # dockerd stopped: none is one of its passing API leases
     # What the loads left (24 h leases, no other label); BuildKit's own records stay hers.
     expected = {i for i in left if set(leases[i].labels) == {"containerd.io/gc.expire"}}
     assert expected, f"the crashes left no load lease: {left}"
     held = {d for i in expected for d in leases[i].content}
 
-    # Another client of the shared containerd (a kubelet's namespace): never acted on,
-    # though its lease looks just like an abandoned load's.
-    cs.ctr(e, "leases", "create", "--id", "kubelet-pull", "--expires", "24h", namespace="k8s.io")
-    cs.stop_dockerd(e)
     plan = plan_json(e, "--min-age", "0")
     assert plan["store"] == "containerd"
     assert any("k8s.io" in n and "never acted on" in n for n in plan["notes"]), plan["notes"]
@@ -197,13 +197,15 @@ def test_orphan_snapshot_dirs_go_to_quarantine_and_come_back(
 ) -> None:
     e, baseline = ctd_engine
     snaps = cs.ctd_root(e) / "io.containerd.snapshotter.v1.overlayfs/snapshots"
+    # Planted once dockerd is stopped: a snapshot removal (dockerd's, BuildKit's GC) makes
+    # the snapshotter delete every dir it has no record of, these two with them.
+    cs.stop_dockerd(e)
     # What field reports show (containerd#13416): a dir with no record, and a temp dir a
     # crash left between mkdir and rename.
     for name in ("9999", "new-123456"):
         (snaps / name / "fs").mkdir(parents=True)
         (snaps / name / "work").mkdir()
         (snaps / name / "fs" / "data").write_bytes(os.urandom(1 << 20))
-    cs.stop_dockerd(e)
     plan = plan_json(e, "--min-age", "0")
     orphans = {a["path"] for a in plan["actions"] if a["kind"] == "orphan-snapshot"}
     assert orphans == {
@@ -257,6 +259,7 @@ def test_after_docker_prunes_nothing_but_build_history_is_left(
     e.run("rm", "-f", *e.container_ids())
     e.run("system", "prune", "-af", "--volumes")
     e.run("builder", "prune", "-af")
+    cs.collect(e)  # the GC the prunes scheduled, done before anything is counted
     history = set(cs.ctr(e, "content", "ls", "-q", namespace="moby_history").split())
     blobs = {f"sha256:{b}" for b in cs.blob_files(e)}
     assert blobs <= history, blobs - history  # each left is a record of build history

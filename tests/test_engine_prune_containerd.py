@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import run_cli
+from tests.ctd_state import collect
 from tests.engine import Engine
 
 pytestmark = pytest.mark.engine
@@ -92,6 +93,7 @@ def disk(e: Engine) -> int:
 
 
 def settled_disk(e: Engine) -> int:
+    collect(e)  # containerd's GC, which the daemon's deletes only scheduled, done now
     last = disk(e)
     for _ in range(30):  # containerd's GC frees after the daemon's deletes returned
         time.sleep(0.5)
