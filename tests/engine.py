@@ -292,6 +292,12 @@ class Engine:
             return
         if self.dockerd and self.dockerd.pid == pid:
             return
+        try:  # a pidfile a SIGKILL left names a dead dockerd, its pid perhaps reused since
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if str(self.pidfile).encode() not in fh.read().split(b"\0"):
+                    return
+        except OSError:
+            return
         try:
             os.kill(pid, signal.SIGTERM)
             for _ in range(200):

@@ -67,6 +67,7 @@ def kill_during(e: Engine, args: list[str], ready: Callable[[], bool]) -> None:
         assert e.dockerd is not None
         e.dockerd.send_signal(signal.SIGKILL)
         e.dockerd.wait()
+        e.pidfile.unlink(missing_ok=True)  # its pid may be another process's soon
     finally:
         client.kill()
         client.wait()

@@ -156,7 +156,7 @@ def test_relocate_to_a_new_disk_and_finalize(host: tuple[Engine, str, str, Path]
         out = json.loads(proc.stdout)
         assert out["state"] == "relocated", out
         assert [s["step"] for s in out["steps"]][:2] == ["pre-copy", "stop-daemon"]
-        assert 0 < out["downtime_seconds"] < 60 and "estimated downtime" not in proc.stdout
+        assert 0 < out["downtime_seconds"] < 120 and "estimated downtime" not in proc.stdout
         (journal,) = (tmp / "state/relocations").glob("*/journal.jsonl")
         records = [json.loads(line) for line in journal.read_text().splitlines()]
         assert records[-1]["downtime_seconds"] == out["downtime_seconds"]

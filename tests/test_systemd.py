@@ -96,6 +96,8 @@ class Box:
         cursor = self.run("journalctl", "-n", "0", "--show-cursor", "-q").stdout
         mark = cursor.strip().rpartition("cursor: ")[2]
         proc = self.run("systemctl", "start", "dockergc.service", check=None)
+        # journald takes the service's stdout in its own time: have it write what it has.
+        self.run("journalctl", "--sync", check=None)
         log = self.run(
             "journalctl",
             "--no-pager",
@@ -413,7 +415,7 @@ def test_relocate_with_its_default_commands_under_systemd(engine_box: Box) -> No
         box.run("systemctl", "restart", "docker.service")
     out = _relocate(box)
     assert out["state"] == "relocated", out
-    assert 0 < out["downtime_seconds"] < 60, out
+    assert 0 < out["downtime_seconds"] < 120, out
     config = json.loads((box.dir / "etc/docker/daemon.json").read_text())
     assert config == {
         "iptables": False,
@@ -437,7 +439,7 @@ def test_relocate_both_roots_with_the_default_commands_under_systemd(engine_box:
     _engine_on_systemd(box, containerd_store=True)
     out = _relocate(box, "--containerd-to", "/srv/containerd")
     assert out["state"] == "relocated" and out["containerd_new"] == "/srv/containerd", out
-    assert 0 < out["downtime_seconds"] < 60, out
+    assert 0 < out["downtime_seconds"] < 120, out
     toml = (box.dir / "etc/containerd/config.toml").read_text()
     # the root line before the first table, every other byte as the operator left it
     assert toml == OPERATOR_TOML.replace("\n[plugins]", '\nroot = "/srv/containerd"\n[plugins]')
