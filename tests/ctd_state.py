@@ -430,24 +430,6 @@ def crash_load(e: Engine, tar: Path, phase: str = "unpack", after: int = 2) -> l
     return _after_restart(e, before, fault)
 
 
-def interrupt_load_client(e: Engine, tar: Path, after: int = 3) -> list[str]:
-    """SIGINT the ``docker load`` client (a user's Ctrl-C) once ``after`` new blobs are in,
-    dockerd staying up; return the ids of the leases left (seen: the import lease, 24 h,
-    because containerd's client deletes it with the cancelled request context)."""
-    before = set(read_leases(e))
-    start = len(blob_files(e))
-    client = _start_load(e, tar)
-    try:
-        _wait_for(lambda: len(blob_files(e)) >= start + after, 120, f"{after} new blobs")
-        client.send_signal(signal.SIGINT)
-        fault = datetime.now(UTC)
-    finally:
-        client.wait(60)
-    _wait_for(lambda: bool(_left(e, before, fault)), 10, "the load's lease")
-    time.sleep(2)  # let dockerd's load goroutine finish (it does not delete the lease)
-    return _left(e, before, fault)
-
-
 def crash_build(e: Engine, work: Path | None = None) -> list[str]:
     """SIGKILL dockerd while BuildKit runs the RUN step of ``SLOW_BUILD`` (8 MiB written,
     then a sleep); restart it; return the ids of the leases the build left."""
