@@ -599,3 +599,47 @@ def test_a_rollback_cut_short_after_the_start_never_stops_the_daemon_again(
     assert executor.rollback(journal, Context(run_id)).state == "rolled-back"
     assert commands == [] and not any(new.iterdir())  # only the copy removed
     assert config.read_bytes() == CONFIG
+
+
+def test_a_rollback_run_again_starts_a_daemon_stopped_by_hand_since(
+    tmp_path: Path, fake_engine: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollback cut short had started the daemon on the old root; someone stopped it
+    since. Finishing the rollback starts it again (and stops nothing): a start is taken
+    as done only while the daemon answers on the old root."""
+    from dockergc import daemon
+    from dockergc.execute.runner import _Stop
+    from dockergc.relocate.impl import Context
+
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    assert _relocate_cli(host, config, old, new, state).returncode == 0
+    (run_id,) = executor.list_runs_in(state)
+    journal = executor.journal_for(state, run_id)
+    commands: list[str] = []
+    stop = _Stop()
+    down = [False]
+    answer = daemon.engine_state
+
+    def engine_state(h: str) -> daemon.EngineState:
+        if down[0]:
+            raise daemon.EngineUnavailable("connection refused")
+        return answer(h)
+
+    def started(cmd: str, timeout: float = 0) -> None:
+        commands.append(f"start {cmd}")
+        down[0] = False
+        if stop.signum is None and len(commands) == 2:
+            stop.signum = signal.SIGINT  # Ctrl-C, as the daemon first comes up again
+
+    monkeypatch.setattr(daemon, "engine_state", engine_state)
+    monkeypatch.setattr(daemon, "run_command", lambda cmd, timeout=0: commands.append(cmd))
+    monkeypatch.setattr(daemon, "run_start_command", started)
+    with pytest.raises(executor.Interrupted, match="the daemon was started again"):
+        executor.rollback(journal, Context(run_id, stop=stop))
+    assert commands == ["true", "start true"] and any(new.iterdir())
+    commands.clear()
+    down[0] = True  # `systemctl stop docker` by hand
+    assert executor.rollback(journal, Context(run_id)).state == "rolled-back"
+    assert commands == ["start true"] and not any(new.iterdir())  # started, nothing stopped
+    assert config.read_bytes() == CONFIG

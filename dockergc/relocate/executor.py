@@ -37,6 +37,7 @@ from dockergc.relocate.impl import (
     perform,
     refuse_if_target_moved,
     restorable,
+    started,
 )
 from dockergc.relocate.targetfs import mount_of
 from dockergc.store.snapshot import read_pins
@@ -355,7 +356,7 @@ def rollback(journal: Journal, ctx: Context) -> RelocationView:
     # old root again, its time (minutes for millions of files) is not downtime.
     undos.sort(key=lambda back: isinstance(back, S.RemoveCopy))  # stable: newest first
     for back in undos:
-        if _key(back) in finished:
+        if _key(back) in finished and not _down_since(back):
             continue  # done by the rollback cut short: the daemon is not stopped again
         if isinstance(back, S.StopDaemon) and ran_on_new:
             continue  # already stopped above, even if its start never answered
@@ -368,6 +369,12 @@ def rollback(journal: Journal, ctx: Context) -> RelocationView:
     state = "rollback-failed" if failures else "rolled-back"
     journal.append({"type": "rollback-end", "state": state, "failures": failures})
     return view_of(journal)
+
+
+def _down_since(back: S.Step) -> bool:
+    """A start on the old root that a rollback cut short had done, whose daemon is down
+    now (stopped by hand since): it is run again, not taken as done."""
+    return isinstance(back, S.StartDaemon) and not started(back)
 
 
 def _best_effort(journal: Journal, ctx: Context, step: S.Step, failures: list[str]) -> bool:

@@ -610,19 +610,32 @@ def _restore(step: S.RestoreConfig, ctx: Context) -> None:
 @implementation_for(S.StartDaemon)
 def _start(step: S.StartDaemon, ctx: Context) -> None:
     daemon.run_start_command(step.cmd, ctx.timeout)
-
-    def on_root() -> bool:
-        try:
-            return os.path.realpath(daemon.engine_state(step.host).root) == step.expect_root
-        except daemon.EngineUnavailable:
-            return False
-
-    daemon.wait_until(on_root, ctx.timeout, f"the daemon to answer on {step.expect_root}")
+    daemon.wait_until(
+        lambda: answers_on(step.host, step.expect_root),
+        ctx.timeout,
+        f"the daemon to answer on {step.expect_root}",
+    )
     if step.expect_ctd_root:
         ctd_root = Path(step.expect_ctd_root)
         daemon.wait_until(
             lambda: containerd_on(ctd_root), ctx.timeout, f"containerd to run on {ctd_root}"
         )
+
+
+def answers_on(host: str, root: str) -> bool:
+    """Whether the Engine API at ``host`` answers, on ``root``."""
+    try:
+        return os.path.realpath(daemon.engine_state(host).root) == root
+    except daemon.EngineUnavailable:
+        return False
+
+
+def started(step: S.StartDaemon) -> bool:
+    """Whether what ``step`` starts runs now as it left it: the daemon answering on its
+    root, and containerd on its own when it moves."""
+    if not answers_on(step.host, step.expect_root):
+        return False
+    return not step.expect_ctd_root or containerd_on(Path(step.expect_ctd_root))
 
 
 def containerd_on(root: Path) -> bool:
