@@ -109,17 +109,35 @@ class EngineState:
     images: int
     containers: int
     running: tuple[str, ...]
+    image_ids: frozenset[str] = frozenset()  # "sha256:<hex>", as /images/json lists them
+    container_ids: frozenset[str] = frozenset()  # every container, running or not
 
 
 def engine_state(host: str) -> EngineState:
     info = engine_get(host, "/info")
+    images = _listed(host, "/images/json?all=1")
     running = engine_get(host, "/containers/json")
+    every = _listed(host, "/containers/json?all=1")
     return EngineState(
         root=str(info.get("DockerRootDir", "")),
-        images=len(engine_get(host, "/images/json?all=1")),
+        images=len(images),
         containers=int(info.get("Containers", 0)),
         running=tuple(sorted(str(c.get("Names", ["?"])[0]).lstrip("/") for c in running)),
+        image_ids=frozenset(str(i.get("Id", "")) for i in images),
+        container_ids=frozenset(str(c.get("Id", "")) for c in every),
     )
+
+
+def engine_root(host: str) -> str:
+    """The data root the Engine API at ``host`` reports (one light call: /info)."""
+    return str(engine_get(host, "/info").get("DockerRootDir", ""))
+
+
+def _listed(host: str, path: str) -> list[dict[str, Any]]:
+    doc = engine_get(host, path)
+    if not isinstance(doc, list) or not all(isinstance(x, dict) for x in doc):
+        raise EngineUnavailable(f"{host}{path}: not a list of objects")
+    return doc
 
 
 def run_command(cmd: str, timeout: float = 300) -> None:

@@ -342,10 +342,12 @@ class Fake:
     running: bool = True
 
     def engine_state(self, host: str) -> daemon.EngineState:
+        return daemon.EngineState(self.engine_root(host), 5, 0, ())
+
+    def engine_root(self, host: str) -> str:
         if not self.running:
             raise daemon.EngineUnavailable("down")
-        root = json.loads(self.h.config.read_bytes())["data-root"]
-        return daemon.EngineState(root, 5, 0, ())
+        return str(json.loads(self.h.config.read_bytes())["data-root"])
 
     def run_command(self, cmd: str, timeout: float = 300) -> None:
         self.running = cmd == "start"
@@ -358,6 +360,7 @@ class Fake:
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake]:
     f = Fake(_host(tmp_path))
     monkeypatch.setattr(daemon, "engine_state", f.engine_state)
+    monkeypatch.setattr(daemon, "engine_root", f.engine_root)
     monkeypatch.setattr(daemon, "run_command", f.run_command)
     monkeypatch.setattr(daemon, "daemons_using", lambda root: [])
     monkeypatch.setattr(daemon, "processes_using", lambda root: [])

@@ -619,9 +619,9 @@ def test_a_rollback_run_again_starts_a_daemon_stopped_by_hand_since(
     commands: list[str] = []
     stop = _Stop()
     down = [False]
-    answer = daemon.engine_state
+    answer = daemon.engine_root
 
-    def engine_state(h: str) -> daemon.EngineState:
+    def engine_root(h: str) -> str:
         if down[0]:
             raise daemon.EngineUnavailable("connection refused")
         return answer(h)
@@ -632,7 +632,7 @@ def test_a_rollback_run_again_starts_a_daemon_stopped_by_hand_since(
         if stop.signum is None and len(commands) == 2:
             stop.signum = signal.SIGINT  # Ctrl-C, as the daemon first comes up again
 
-    monkeypatch.setattr(daemon, "engine_state", engine_state)
+    monkeypatch.setattr(daemon, "engine_root", engine_root)
     monkeypatch.setattr(daemon, "run_command", lambda cmd, timeout=0: commands.append(cmd))
     monkeypatch.setattr(daemon, "run_start_command", started)
     with pytest.raises(executor.Interrupted, match="the daemon was started again"):
@@ -640,6 +640,23 @@ def test_a_rollback_run_again_starts_a_daemon_stopped_by_hand_since(
     assert commands == ["true", "start true"] and any(new.iterdir())
     commands.clear()
     down[0] = True  # `systemctl stop docker` by hand
+    # The start fails first (the unit is masked, say): the copy is kept, and the line
+    # says the daemon is down, not "started again".
+    monkeypatch.setattr(
+        daemon,
+        "run_start_command",
+        lambda cmd, timeout=0: (_ for _ in ()).throw(
+            daemon.EngineUnavailable("'true' exited 1: Unit docker.service is masked.")
+        ),
+    )
+    view = executor.rollback(journal, Context(run_id))
+    assert view.state == "rollback-failed" and "masked" in view.error, view
+    assert any(new.iterdir()) and commands == []
+    assert "the daemon is down (start it with 'true')" in executor.unfinished_rollback(
+        journal, view
+    )
+    monkeypatch.setattr(daemon, "run_start_command", started)
     assert executor.rollback(journal, Context(run_id)).state == "rolled-back"
-    assert commands == ["start true"] and not any(new.iterdir())  # started, nothing stopped
+    # Down, as far as the journal knows: the stop (a no-op) makes sure, then the start.
+    assert commands == ["true", "start true"] and not any(new.iterdir())
     assert config.read_bytes() == CONFIG

@@ -5,6 +5,7 @@ of the new steps on local trees (no daemon)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -241,67 +242,75 @@ def _post_verify(
     old: Path,
     new: Path,
     monkeypatch: pytest.MonkeyPatch,
-    images: int,
-    containers: int,
+    images: set[str],
+    containers: set[str],
     on: Path | None = None,
+    graphdriver: bool = True,
 ) -> None:
-    """post-verify on ``new``, planned at preflight with 99 containers, the daemon
-    reporting ``images`` and ``containers`` on ``on`` (default: ``new``)."""
+    """post-verify on ``new``, planned at preflight with 3 images and 99 containers, the
+    daemon listing ``images`` and ``containers`` (ids) on ``on`` (default: ``new``)."""
     from dockergc import daemon
 
-    state = daemon.EngineState(str(on or new), images, containers, ())
+    state = daemon.EngineState(
+        str(on or new), len(images), len(containers), (), frozenset(images), frozenset(containers)
+    )
     monkeypatch.setattr(daemon, "engine_state", lambda host: state)
-    perform(S.PostVerify("unix:///x", str(new), 3, 99, old=str(old)), Context("r"))
+    step = S.PostVerify("unix:///x", str(new), 3 if graphdriver else -1, 99, old=str(old))
+    perform(step, Context("r"))
 
 
-def test_post_verify_counts_the_old_root_when_it_runs_not_at_preflight(
+def test_post_verify_checks_the_old_root_by_id_when_it_runs_not_at_preflight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the pre-copy the daemon runs on for hours after preflight: containers removed
     or made meanwhile must not roll back a move that worked. The old root, stopped, says
-    what the daemon must find; a --rm container running at the stop may be gone (the
-    daemon removes it as it starts), and one whose removal began, no other."""
+    what the daemon must list, by id: more is fine (made since it answered), less is a
+    loss, but for the containers the daemon itself drops as it starts: a --rm one, and
+    one whose rw layer is gone (a removal the stop cut short)."""
     import json as jsonlib
 
     from dockergc.fixture.demo import write_demo_root
+    from dockergc.store.images import read_images
 
     old = write_demo_root(tmp_path / "docker")  # 3 images, 1 container (web)
     new = tmp_path / "new"
     new.mkdir()
-    _post_verify(old, new, monkeypatch, images=3, containers=1)  # 99 planned: not used
-    for wrong in (0, 2):
-        with pytest.raises(RelocationFailed, match="expected root .*, 3 images, 1 containers"):
-            _post_verify(old, new, monkeypatch, images=3, containers=wrong)
-    with pytest.raises(RelocationFailed, match="2 images, 1 containers"):
-        _post_verify(old, new, monkeypatch, images=2, containers=1)
+    imgs = {i.id for i in read_images(old).images}
+    (web,) = [d for d in (old / "containers").iterdir()]
+    assert jsonlib.loads((web / "config.v2.json").read_text())["Name"] == "/web"
+    cid = web.name
+    every = (imgs, {cid})
+    _post_verify(old, new, monkeypatch, *every)
+    _post_verify(old, new, monkeypatch, imgs | {"sha256:" + "e" * 64}, {cid, "f" * 64})
+    lost_image = sorted(imgs)[0]
+    with pytest.raises(RelocationFailed, match=f"1 image\\(s\\) missing: {lost_image[7:19]}"):
+        _post_verify(old, new, monkeypatch, imgs - {lost_image}, {cid, "f" * 64})
+    with pytest.raises(RelocationFailed, match=f"1 container\\(s\\) missing: {cid[:12]} \\(web\\)"):
+        _post_verify(old, new, monkeypatch, imgs, {"f" * 64})  # one new cannot hide it
     with pytest.raises(RelocationFailed, match="reports root /elsewhere"):
-        _post_verify(old, new, monkeypatch, images=3, containers=1, on=Path("/elsewhere"))
-    web = next(
-        d
-        for d in (old / "containers").iterdir()
-        if jsonlib.loads((d / "config.v2.json").read_text())["Name"] == "/web"
-    )
+        _post_verify(old, new, monkeypatch, *every, on=Path("/elsewhere"))
+    # --rm: the daemon removes it as it starts
     (web / "hostconfig.json").write_text('{"AutoRemove": true}')
-    for found in (0, 1):
-        _post_verify(old, new, monkeypatch, images=3, containers=found)
-    with pytest.raises(RelocationFailed, match="0 to 1 \\(--rm and half-removed ones may go"):
-        _post_verify(old, new, monkeypatch, images=3, containers=2)
-    # A daemon stopped while removing a --rm container leaves it Dead, RemovalInProgress,
-    # its rw layer released and hostconfig.json perhaps gone (os.RemoveAll's order): the
-    # daemon skips it as it loads (seen on a real 20.10). Only a removal begun allows it.
+    _post_verify(old, new, monkeypatch, imgs, set())
+    # A removal the stop cut short (seen on a real 20.10): Dead, RemovalInProgress,
+    # hostconfig.json perhaps gone. The daemon drops it only once its rw layer record is
+    # gone; while that is there, it keeps it (as Dead).
     (web / "hostconfig.json").unlink()
-    with pytest.raises(RelocationFailed, match="3 images, 1 containers"):
-        _post_verify(old, new, monkeypatch, images=3, containers=0)
     config = jsonlib.loads((web / "config.v2.json").read_text())
-    for state in ({"Dead": True}, {"RemovalInProgress": True}):
-        config["State"] = {**config["State"], "Dead": False, **state}
-        (web / "config.v2.json").write_text(jsonlib.dumps(config))
-        for found in (0, 1):
-            _post_verify(old, new, monkeypatch, images=3, containers=found)
-    config["State"] = {**config["State"], "Dead": "yes", "RemovalInProgress": 1}
-    (web / "config.v2.json").write_text(jsonlib.dumps(config))  # not booleans: kept
-    with pytest.raises(RelocationFailed, match="3 images, 1 containers"):
-        _post_verify(old, new, monkeypatch, images=3, containers=0)
+    config["State"] = {**config["State"], "Dead": True, "RemovalInProgress": True}
+    (web / "config.v2.json").write_text(jsonlib.dumps(config))
+    with pytest.raises(RelocationFailed, match="1 container\\(s\\) missing"):
+        _post_verify(old, new, monkeypatch, imgs, set())
+    # On the containerd store the rw layer is containerd's: a removal begun may go.
+    _post_verify(old, new, monkeypatch, set(), set(), graphdriver=False)
+    mount = old / "image/overlay2/layerdb/mounts" / cid
+    shutil.rmtree(mount)
+    _post_verify(old, new, monkeypatch, imgs, set())
+    config["State"] = {**config["State"], "Dead": False, "RemovalInProgress": False}
+    (web / "config.v2.json").write_text(jsonlib.dumps(config))
+    _post_verify(old, new, monkeypatch, imgs, set())  # no layer: it never loaded anyway
+    with pytest.raises(RelocationFailed, match="1 container\\(s\\) missing"):
+        _post_verify(old, new, monkeypatch, set(), set(), graphdriver=False)
 
 
 def test_a_signal_during_a_precopy_pass_runs_no_further_pass(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -618,3 +619,23 @@ def test_relabel_makes_the_new_path_equivalent_to_the_old_before_restorecon(
     }[have]
     assert calls == expected
     assert bool(said) is (have == "restorecon only")
+
+
+def test_the_copy_is_not_removed_while_a_daemon_uses_it(
+    tmp_path: Path, fake_daemon: Callable[..., None]
+) -> None:
+    """A rollback's last undo empties the target; not while a daemon runs on it (started
+    on it by hand since, or a --bind remounted at boot): refused, all left."""
+    from dockergc import daemon
+
+    new = tmp_path / "new"
+    (new / "overlay2").mkdir(parents=True)
+    marker = S.marker_for("r1")
+    (new / marker).write_text("r1")
+    fake_daemon("dockerd", "--data-root", str(new))
+    deadline = time.monotonic() + 10
+    while not daemon.daemons_using(new) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the fake daemon has exec'd
+    with pytest.raises(RefusedError, match=f"refusing to remove the copy at {new}: dockerd"):
+        perform(S.RemoveCopy(str(new), marker), Context("r1"))
+    assert sorted(os.listdir(new)) == sorted(["overlay2", marker])

@@ -249,8 +249,10 @@ def _daemon_state(journal: Journal) -> str:
                 now = "down"
             elif kind == "done" and isinstance(step, S.StartDaemon):
                 now = "on the new root"
-        elif kind == "undo-intent" and _named(r.get("step"), "stop-daemon"):
-            now = "down"
+        elif kind == "undo-intent" and (
+            _named(r.get("step"), "stop-daemon") or _named(r.get("step"), "start-daemon")
+        ):
+            now = "down"  # a start's undo-done says otherwise; its fault leaves it down
         elif kind == "undo-done" and r.get("step") == "start-daemon":
             now = "started again"
     return now
@@ -363,6 +365,10 @@ def rollback(journal: Journal, ctx: Context) -> RelocationView:
         done = _best_effort(journal, ctx, back, failures)
         if not done and isinstance(back, (S.RestoreConfig, S.Unmount)):
             failures.append("rollback stopped there: the copy is kept and the daemon not started")
+            break
+        if not done and isinstance(back, S.StartDaemon):
+            # Not seen answering on the old root: keep the copies, whatever it runs on.
+            failures.append("the copy is kept until the daemon runs on the old root again")
             break
         if not isinstance(back, S.Noop):
             _stop_if_asked(journal, ctx, S.label(back))

@@ -403,6 +403,12 @@ def _remove_copy(step: S.RemoveCopy, ctx: Context) -> None:
     new = Path(step.new)
     if not new.is_dir():
         return
+    users = daemon.daemons_using(new)
+    if users:  # e.g. started on it by hand since, or the bind mounted again at boot
+        raise RefusedError(
+            f"refusing to remove the copy at {new}: {users[0].describe()}; left as it is "
+            "(stop it, then roll back again)"
+        )
     entries = sorted(os.listdir(new))
     if step.marker:
         if not _holds_marker(new, step.marker):
@@ -625,7 +631,7 @@ def _start(step: S.StartDaemon, ctx: Context) -> None:
 def answers_on(host: str, root: str) -> bool:
     """Whether the Engine API at ``host`` answers, on ``root``."""
     try:
-        return os.path.realpath(daemon.engine_state(host).root) == root
+        return os.path.realpath(daemon.engine_root(host)) == root
     except daemon.EngineUnavailable:
         return False
 
@@ -650,13 +656,17 @@ def _post_verify(step: S.PostVerify, ctx: Context) -> None:
     on = os.path.realpath(state.root)
     if step.old:
         want = counts.expected_from(Path(step.old), images=step.images >= 0)
-        if on == step.root and want.fits(state.images, state.containers):
-            return
-        raise RelocationFailed(
-            f"after the move the daemon reports root {on}, {state.images} images, "
-            f"{state.containers} containers; expected root {step.root}, {want} (counted "
-            f"in {step.old}, unchanged since the daemon stopped on it)"
-        )
+        if on != step.root:
+            raise RelocationFailed(
+                f"after the move the daemon reports root {on}, expected {step.root}"
+            )
+        missing = want.missing(state)
+        if missing:
+            raise RelocationFailed(
+                f"after the move the daemon on {on} does not list all it must: {missing} "
+                f"(of {want} in {step.old}, unchanged since the daemon stopped on it)"
+            )
+        return
     # A journal from before the recount: the counts planned at preflight.
     got = (on, state.images, state.containers)
     wanted = (step.root, step.images, step.containers)
