@@ -160,6 +160,9 @@ def test_relocate_to_a_new_disk_and_finalize(host: tuple[Engine, str, str, Path]
         (journal,) = (tmp / "state/relocations").glob("*/journal.jsonl")
         records = [json.loads(line) for line in journal.read_text().splitlines()]
         assert records[-1]["downtime_seconds"] == out["downtime_seconds"]
+        # What the daemon listed at the stop, journaled for post-verify: all of it.
+        (listed,) = [r["listed_before_stop"] for r in records if "listed_before_stop" in r]
+        assert (len(listed["images"]), len(listed["containers"])) == before[1:]
         assert any("downtime_estimate" in r for r in records)
         log = "volumes/vol1/_data/log"
         written = (e.root / log).read_text().splitlines()

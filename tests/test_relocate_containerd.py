@@ -340,9 +340,10 @@ class Fake:
 
     h: Host
     running: bool = True
+    images: frozenset[str] = frozenset({"sha256:" + "d" * 64})  # containerd's, by id
 
     def engine_state(self, host: str) -> daemon.EngineState:
-        return daemon.EngineState(self.engine_root(host), 5, 0, ())
+        return daemon.EngineState(self.engine_root(host), 5, 0, (), self.images)
 
     def engine_root(self, host: str) -> str:
         if not self.running:
@@ -411,6 +412,23 @@ def test_both_roots_move_roll_back_and_finalize(fake: Fake) -> None:
             p for p in h.old.iterdir() if p.name != ".dockergc"
         ]
         assert (ctd_new / meta).is_file()
+
+
+@pytestmark_root
+def test_an_image_the_daemon_listed_before_the_stop_must_be_listed_after(fake: Fake) -> None:
+    """On the containerd store the images are containerd's: the stop step journals the
+    daemon's listing, and post-verify wants every image of it back."""
+
+    def lose_the_image(step: object) -> None:
+        if isinstance(step, S.PostVerify):
+            fake.images = frozenset()
+
+    with loop_fs(200) as disk:
+        journal, new, _ = _run(fake, disk, lose_the_image)
+        view = executor.view_of(journal)
+        assert view.state == "rolled-back", view
+        assert "does not list all it must: 1 image(s) missing: dddddddddddd" in view.error
+        assert not any(new.iterdir()) and fake.running
 
 
 @pytestmark_root

@@ -246,17 +246,21 @@ def _post_verify(
     containers: set[str],
     on: Path | None = None,
     graphdriver: bool = True,
+    listed: tuple[set[str], set[str]] | None = None,
 ) -> None:
     """post-verify on ``new``, planned at preflight with 3 images and 99 containers, the
-    daemon listing ``images`` and ``containers`` (ids) on ``on`` (default: ``new``)."""
+    daemon listing ``images`` and ``containers`` (ids) on ``on`` (default: ``new``), and
+    ``listed`` (images, containers) before the stop, journaled by the stop step."""
     from dockergc import daemon
+    from dockergc.relocate import counts
 
     state = daemon.EngineState(
         str(on or new), len(images), len(containers), (), frozenset(images), frozenset(containers)
     )
     monkeypatch.setattr(daemon, "engine_state", lambda host: state)
     step = S.PostVerify("unix:///x", str(new), 3 if graphdriver else -1, 99, old=str(old))
-    perform(step, Context("r"))
+    before = None if listed is None else counts.Listed(frozenset(listed[0]), frozenset(listed[1]))
+    perform(step, Context("r", listed=before))
 
 
 def test_post_verify_checks_the_old_root_by_id_when_it_runs_not_at_preflight(
@@ -311,6 +315,59 @@ def test_post_verify_checks_the_old_root_by_id_when_it_runs_not_at_preflight(
     _post_verify(old, new, monkeypatch, imgs, set())  # no layer: it never loaded anyway
     with pytest.raises(RelocationFailed, match="1 container\\(s\\) missing"):
         _post_verify(old, new, monkeypatch, set(), set(), graphdriver=False)
+
+
+def test_post_verify_expects_only_what_the_daemon_listed_before_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the daemon never loaded (an image config failing its digest, a container of
+    another driver: seen on roots after a full disk) is not expected after the move: the
+    stop step journals what the daemon listed, and post-verify reads it back."""
+    from dockergc import daemon
+    from dockergc.fixture.demo import write_demo_root
+    from dockergc.relocate import counts
+    from dockergc.store.images import read_images
+
+    old = write_demo_root(tmp_path / "docker")  # 3 images, 1 container (web)
+    new = tmp_path / "new"
+    new.mkdir()
+    imgs = {i.id for i in read_images(old).images}
+    (cid,) = os.listdir(old / "containers")
+    unloaded = sorted(imgs)[0]
+    good = imgs - {unloaded}
+    _post_verify(old, new, monkeypatch, good, set(), listed=(good, set()))
+    with pytest.raises(RelocationFailed, match=f"1 image\\(s\\) missing: {unloaded[7:19]}"):
+        _post_verify(old, new, monkeypatch, good, set())  # no listing: the old root alone
+    with pytest.raises(RelocationFailed, match=f"missing: {cid[:12]} \\(web\\)"):
+        _post_verify(old, new, monkeypatch, good, set(), listed=(good, {cid}))
+    # A container made or removed after the listing: not expected, or not on the old root.
+    _post_verify(old, new, monkeypatch, good, {cid}, listed=(good, {cid, "a" * 64}))
+    # On the containerd store the images are checked against the listing alone.
+    ctd = {"sha256:" + "c" * 64}
+    _post_verify(old, new, monkeypatch, ctd, {cid}, graphdriver=False, listed=(ctd, {cid}))
+    with pytest.raises(RelocationFailed, match="1 image\\(s\\) missing: cccccccccccc"):
+        _post_verify(old, new, monkeypatch, set(), {cid}, graphdriver=False, listed=(ctd, {cid}))
+
+    # The stop step journals the listing (before its command runs); a daemon that does
+    # not answer journals none; the last one journaled is what post-verify reads.
+    records: list[dict[str, object]] = []
+    state = daemon.EngineState("/x", 2, 1, (), frozenset(good), frozenset({cid}))
+    ran: list[str] = []
+    monkeypatch.setattr(daemon, "engine_state", lambda host: (ran.append("listed"), state)[1])
+    monkeypatch.setattr(daemon, "run_command", lambda cmd, timeout=0: ran.append(cmd))
+    monkeypatch.setattr(daemon, "daemons_using", lambda root: [])
+    stop = S.StopDaemon("stop", "start", "unix:///x", str(old))
+    perform(stop, Context("r", record=lambda r: records.append({"type": "progress", **r})))
+    assert ran == ["listed", "stop"]
+    assert counts.listed_in(records) == counts.Listed(frozenset(good), frozenset({cid}))
+
+    def down(host: str) -> daemon.EngineState:
+        raise daemon.EngineUnavailable("down")
+
+    monkeypatch.setattr(daemon, "engine_state", down)
+    perform(stop, Context("r", record=lambda r: records.append({"type": "progress", **r})))
+    assert len(records) == 1 and counts.listed_in([*records, {"listed_before_stop": 3}])
+    assert counts.listed_in([]) is None
 
 
 def test_a_signal_during_a_precopy_pass_runs_no_further_pass(

@@ -9,6 +9,12 @@ Compared by id, not by count: every image and container of the old root must be 
 and the daemon may list more (a container made the moment it answers, a swarm task);
 counts would let a new container hide a lost one, and fail a move for one made early.
 
+What the daemon listed just before the stop (``Listed``, journaled by the stop step)
+narrows that to what it had loaded: an image config that fails its digest, an image
+whose layers are gone, a container of another storage driver were never listed, so are
+not expected after the move either (a root after a full disk has some). Without it (a
+daemon that did not answer at the stop, a journal from before), the old root alone.
+
 Of the old root's containers, the daemon drops as it starts (moby's ``restore``):
 
 - one made with ``--rm`` (HostConfig.AutoRemove): the daemon's stop ended it, and the
@@ -26,7 +32,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
+from dockergc import daemon
 from dockergc.daemon import EngineState
 from dockergc.store.containers import ContainerRecord, read_containers
 from dockergc.store.fsread import (
@@ -43,7 +51,7 @@ SHOWN = 5  # ids named in a failure, the rest counted
 
 @dataclass(frozen=True)
 class Expected:
-    images: frozenset[str] | None  # None: not checked (containerd store: containerd's)
+    images: frozenset[str] | None  # None: not checked (containerd store, nothing listed)
     containers: dict[str, str]  # id -> name, every container of the old root
     may_go: frozenset[str]  # of those, the ones the daemon drops as it starts
 
@@ -70,20 +78,59 @@ def _named(kind: str, ids: list[str]) -> list[str]:
     return [f"{len(ids)} {kind}(s) missing: {', '.join(ids[:SHOWN])}{more}"]
 
 
-def expected_from(old: Path, images: bool) -> Expected:
+@dataclass(frozen=True)
+class Listed:
+    """What the Engine API listed just before the stop: every image and container id."""
+
+    images: frozenset[str]
+    containers: frozenset[str]
+
+    KEY: ClassVar[str] = "listed_before_stop"
+
+    def record(self) -> dict[str, Any]:
+        return {self.KEY: {"images": sorted(self.images), "containers": sorted(self.containers)}}
+
+
+def listed_now(host: str) -> Listed | None:
+    """The daemon's listing, or None if it does not answer (then the old root alone)."""
+    try:
+        state = daemon.engine_state(host)
+    except daemon.EngineUnavailable:
+        return None
+    return Listed(state.image_ids, state.container_ids)
+
+
+def listed_in(records: list[dict[str, Any]]) -> Listed | None:
+    """The last listing a stop step journaled; None if none (or not as written)."""
+    found = None
+    for r in records:
+        doc = r.get(Listed.KEY)
+        if isinstance(doc, dict):
+            images, containers = doc.get("images"), doc.get("containers")
+            if isinstance(images, list) and isinstance(containers, list):
+                found = Listed(frozenset(map(str, images)), frozenset(map(str, containers)))
+    return found
+
+
+def expected_from(old: Path, images: bool, listed: Listed | None = None) -> Expected:
     """What the daemon must list on the copy of ``old``; ``images``: whether the images
-    are the data root's to check (graphdriver store; also how rw layers are found)."""
+    are the data root's (graphdriver store; also how rw layers are found). On the
+    containerd store the images are containerd's: checked only against ``listed``."""
     store = read_containers(old)
+    kept = [c for c in store.containers if listed is None or c.id in listed.containers]
     may_go = frozenset(
         c.id
-        for c in store.containers
+        for c in kept
         if _auto_remove(old, c.id) or (_layer_gone(old, c) if images else c.removing)
     )
-    return Expected(
-        frozenset(i.id for i in read_images(old).images) if images else None,
-        {c.id: c.name for c in store.containers},
-        may_go,
-    )
+    image_ids: frozenset[str] | None = None
+    if images:
+        image_ids = frozenset(i.id for i in read_images(old).images)
+        if listed is not None:
+            image_ids &= listed.images
+    elif listed is not None:
+        image_ids = listed.images
+    return Expected(image_ids, {c.id: c.name for c in kept}, may_go)
 
 
 def _auto_remove(root: Path, cid: str) -> bool:
@@ -102,6 +149,8 @@ def _layer_gone(root: Path, c: ContainerRecord) -> bool:
         return False
     try:
         fd = open_dir_in(root, f"image/{c.driver}/layerdb/mounts")
+    except ValueError:  # a NUL in the name: no such dir, nor a driver
+        return False
     except UnreadableFile as exc:
         return exc.kind == "missing"  # no record at all: as unloadable before the move
     try:

@@ -26,6 +26,7 @@ from dockergc.execute import safefs
 from dockergc.execute.journal import Journal
 from dockergc.execute.runner import RELOCATION_SIGNALS, _Stop, _stop_between_steps
 from dockergc.lock import exclusive, exclusive_file
+from dockergc.relocate import counts
 from dockergc.relocate import steps as S
 from dockergc.relocate.impl import (
     LOCK,
@@ -128,7 +129,8 @@ def run(journal: Journal, ctx: Context, start: int = 0) -> RelocationView:
                     raise RefusedError(f"{users} uses the old root {used} again")
             if ctx.before_step:
                 ctx.before_step(step)
-            perform(step, replace(ctx, record=_progress_to(journal, i)))
+            listed = counts.listed_in(journal.records()) if isinstance(step, S.PostVerify) else None
+            perform(step, replace(ctx, record=_progress_to(journal, i), listed=listed))
         except (DockerGCError, daemon.EngineUnavailable, OSError, ValueError) as exc:
             journal.append({"type": "fault", "seq": i, "error": str(exc)})
             if ctx.stop.requested:  # the terminal's SIGINT reaches rsync and the commands too

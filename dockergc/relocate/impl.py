@@ -94,6 +94,8 @@ class Context:
     record: Callable[[dict[str, Any]], None] = lambda _: None
     journal_every: float = P.JOURNAL_EVERY
     max_passes: int = MAX_PASSES
+    # What the daemon listed before the stop (journaled by it), for post-verify.
+    listed: counts.Listed | None = None
 
 
 STEPS = Registry("relocation step")
@@ -102,6 +104,12 @@ implementation_for = STEPS.implementation_for
 
 @implementation_for(S.StopDaemon)
 def _stop(step: S.StopDaemon, ctx: Context) -> None:
+    if step.root:  # the move's own stop (a rollback's has none): what post-verify expects
+        # (The listing's milliseconds count in the downtime, measured from this step's
+        # intent: over-reported, never under.)
+        listed = counts.listed_now(step.host)
+        if listed is not None:
+            ctx.record({"step": S.label(step), **listed.record()})
     daemon.run_command(step.cmd, ctx.timeout)
     for root in [Path(r) for r in (step.root, step.ctd_root) if r]:
         _wait_no_daemon(root, ctx.timeout)
@@ -655,7 +663,7 @@ def _post_verify(step: S.PostVerify, ctx: Context) -> None:
     state = daemon.engine_state(step.host)
     on = os.path.realpath(state.root)
     if step.old:
-        want = counts.expected_from(Path(step.old), images=step.images >= 0)
+        want = counts.expected_from(Path(step.old), step.images >= 0, ctx.listed)
         if on != step.root:
             raise RelocationFailed(
                 f"after the move the daemon reports root {on}, expected {step.root}"
