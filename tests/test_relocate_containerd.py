@@ -27,6 +27,7 @@ from dockergc.fixture.containerd import (
     build_ctd_root,
     docker_like_spec,
 )
+from dockergc.host.detect import DaemonProcess
 from dockergc.relocate import ctdconfig, daemonjson, executor, impl
 from dockergc.relocate import steps as S
 from dockergc.relocate.plan import ContainerdMove, Control, plan_relocation
@@ -353,6 +354,11 @@ class Fake:
     def run_command(self, cmd: str, timeout: float = 300) -> None:
         self.running = cmd == "start"
 
+    def daemons_using(self, root: Path) -> list[DaemonProcess]:
+        """The dockerd, on the root daemon.json names, while it runs."""
+        on = self.running and Path(root) == Path(self.engine_root(""))
+        return [DaemonProcess(1, "dockerd", str(root))] if on else []
+
     def containerd_on(self, root: Path) -> bool:
         return self.running and ctdconfig.root_of(self.h.toml.read_bytes()) == str(root)
 
@@ -363,7 +369,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake]:
     monkeypatch.setattr(daemon, "engine_state", f.engine_state)
     monkeypatch.setattr(daemon, "engine_root", f.engine_root)
     monkeypatch.setattr(daemon, "run_command", f.run_command)
-    monkeypatch.setattr(daemon, "daemons_using", lambda root: [])
+    monkeypatch.setattr(daemon, "daemons_using", f.daemons_using)
     monkeypatch.setattr(daemon, "processes_using", lambda root: [])
     monkeypatch.setattr(impl, "containerd_on", f.containerd_on)
     yield f

@@ -323,9 +323,7 @@ def test_post_verify_expects_only_what_the_daemon_listed_before_the_stop(
     """What the daemon never loaded (an image config failing its digest, a container of
     another driver: seen on roots after a full disk) is not expected after the move: the
     stop step journals what the daemon listed, and post-verify reads it back."""
-    from dockergc import daemon
     from dockergc.fixture.demo import write_demo_root
-    from dockergc.relocate import counts
     from dockergc.store.images import read_images
 
     old = write_demo_root(tmp_path / "docker")  # 3 images, 1 container (web)
@@ -348,25 +346,67 @@ def test_post_verify_expects_only_what_the_daemon_listed_before_the_stop(
     with pytest.raises(RelocationFailed, match="1 image\\(s\\) missing: cccccccccccc"):
         _post_verify(old, new, monkeypatch, set(), {cid}, graphdriver=False, listed=(ctd, {cid}))
 
-    # The stop step journals the listing (before its command runs); a daemon that does
-    # not answer journals none; the last one journaled is what post-verify reads.
+    # The graphdriver store: the old root's images that were listed (one listed but not
+    # on the old root, removed in between, is not expected either).
+    extra = "sha256:" + "e" * 64
+    _post_verify(old, new, monkeypatch, good, set(), listed=(good | {extra}, set()))
+
+
+def test_the_stop_step_journals_the_listing_of_a_dockerd_on_the_old_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before its command runs, the move's stop journals what the daemon lists; not when
+    no dockerd runs on the old root (a socket-activated API would start one), nor from
+    a daemon on another root, nor in a rollback's stop (no root); the last one counts."""
+    from dockergc import daemon
+    from dockergc.host.detect import DaemonProcess
+    from dockergc.relocate import counts
+
+    old = tmp_path / "old"
+    old.mkdir()
+    cid, good = "c" * 64, frozenset({"sha256:" + "a" * 64})
+    up, ran, on = [True], [], [str(old)]
     records: list[dict[str, object]] = []
-    state = daemon.EngineState("/x", 2, 1, (), frozenset(good), frozenset({cid}))
-    ran: list[str] = []
-    monkeypatch.setattr(daemon, "engine_state", lambda host: (ran.append("listed"), state)[1])
-    monkeypatch.setattr(daemon, "run_command", lambda cmd, timeout=0: ran.append(cmd))
-    monkeypatch.setattr(daemon, "daemons_using", lambda root: [])
+
+    def state(host: str) -> daemon.EngineState:
+        ran.append("listed")
+        return daemon.EngineState(on[0], 1, 1, (), good, frozenset({cid}))
+
+    def command(cmd: str, timeout: float = 0) -> None:
+        ran.append(cmd)
+        up[0] = False
+
+    dockerd = [DaemonProcess(1, "dockerd", str(old))]
+    monkeypatch.setattr(daemon, "engine_state", state)
+    monkeypatch.setattr(daemon, "run_command", command)
+    monkeypatch.setattr(daemon, "daemons_using", lambda root: dockerd if up[0] else [])
     stop = S.StopDaemon("stop", "start", "unix:///x", str(old))
-    perform(stop, Context("r", record=lambda r: records.append({"type": "progress", **r})))
+    ctx = Context("r", record=lambda r: records.append({"type": "progress", **r}))
+    perform(stop, ctx)
     assert ran == ["listed", "stop"]
-    assert counts.listed_in(records) == counts.Listed(frozenset(good), frozenset({cid}))
+    assert counts.listed_in(records) == counts.Listed(good, frozenset({cid}))
+    ran.clear()
+    perform(stop, ctx)  # a resume after the stop: nothing runs on the old root
+    assert ran == ["stop"] and len(records) == 1
+    ran.clear()
+    up[0], on[0] = True, "/elsewhere"
+    perform(stop, ctx)  # a daemon answering from another root: not this one's listing
+    assert ran == ["listed", "stop"] and len(records) == 1
+    ran.clear()
+    up[0] = True
+    perform(S.StopDaemon("stop", "start", "unix:///x", ""), ctx)  # a rollback's stop
+    assert ran == ["stop"] and len(records) == 1
 
-    def down(host: str) -> daemon.EngineState:
-        raise daemon.EngineUnavailable("down")
+    def broken(host: str) -> daemon.EngineState:
+        raise AttributeError("'list' object has no attribute 'get'")  # /info not an object
 
-    monkeypatch.setattr(daemon, "engine_state", down)
-    perform(stop, Context("r", record=lambda r: records.append({"type": "progress", **r})))
-    assert len(records) == 1 and counts.listed_in([*records, {"listed_before_stop": 3}])
+    monkeypatch.setattr(daemon, "engine_state", broken)
+    up[0] = True
+    perform(stop, ctx)  # not the answer the API writes: no listing, and no failure
+    assert len(records) == 1
+    later = counts.Listed(frozenset(), frozenset({cid}))
+    assert counts.listed_in([*records, {"type": "progress", **later.record()}]) == later
+    assert counts.listed_in([*records, {"listed_before_stop": 3}]) == counts.listed_in(records)
     assert counts.listed_in([]) is None
 
 

@@ -91,11 +91,18 @@ class Listed:
         return {self.KEY: {"images": sorted(self.images), "containers": sorted(self.containers)}}
 
 
-def listed_now(host: str) -> Listed | None:
-    """The daemon's listing, or None if it does not answer (then the old root alone)."""
+def listed_now(host: str, root: str) -> Listed | None:
+    """The listing of the daemon at ``host`` running on ``root``; None if there is none:
+    no dockerd runs on it (asking a socket-activated API would start one), it does not
+    answer, it runs on another root, or its answer is not what the API writes. The
+    listing only narrows post-verify's check, so none is never a failure."""
+    if not any(d.kind == "dockerd" for d in daemon.daemons_using(Path(root))):
+        return None
     try:
         state = daemon.engine_state(host)
-    except daemon.EngineUnavailable:
+    except Exception:  # noqa: BLE001 - whatever it is, the old root alone is checked
+        return None
+    if os.path.realpath(state.root) != root:
         return None
     return Listed(state.image_ids, state.container_ids)
 

@@ -107,7 +107,7 @@ def _stop(step: S.StopDaemon, ctx: Context) -> None:
     if step.root:  # the move's own stop (a rollback's has none): what post-verify expects
         # (The listing's milliseconds count in the downtime, measured from this step's
         # intent: over-reported, never under.)
-        listed = counts.listed_now(step.host)
+        listed = counts.listed_now(step.host, step.root)
         if listed is not None:
             ctx.record({"step": S.label(step), **listed.record()})
     daemon.run_command(step.cmd, ctx.timeout)
