@@ -114,15 +114,15 @@ class EngineState:
 
 
 def engine_state(host: str) -> EngineState:
-    info = engine_get(host, "/info")
+    info = _object(host, "/info")
     images = _listed(host, "/images/json?all=1")
-    running = engine_get(host, "/containers/json")
+    running = _listed(host, "/containers/json")
     every = _listed(host, "/containers/json?all=1")
     return EngineState(
         root=str(info.get("DockerRootDir", "")),
         images=len(images),
-        containers=int(info.get("Containers", 0)),
-        running=tuple(sorted(str(c.get("Names", ["?"])[0]).lstrip("/") for c in running)),
+        containers=_count(info, "Containers", host),
+        running=tuple(sorted(_name(c) for c in running)),
         image_ids=frozenset(str(i.get("Id", "")) for i in images),
         container_ids=frozenset(str(c.get("Id", "")) for c in every),
     )
@@ -130,7 +130,29 @@ def engine_state(host: str) -> EngineState:
 
 def engine_root(host: str) -> str:
     """The data root the Engine API at ``host`` reports (one light call: /info)."""
-    return str(engine_get(host, "/info").get("DockerRootDir", ""))
+    return str(_object(host, "/info").get("DockerRootDir", ""))
+
+
+def _count(doc: dict[str, Any], key: str, host: str) -> int:
+    value = doc.get(key, 0)
+    if not isinstance(value, int):
+        raise EngineUnavailable(f"{host}/info: {key} is not a number")
+    return value
+
+
+def _name(container: dict[str, Any]) -> str:
+    names = container.get("Names")
+    first = names[0] if isinstance(names, list) and names else "?"
+    return str(first).lstrip("/")
+
+
+# The Engine API's answers are read like the store's files: not what it writes is an
+# EngineUnavailable (named, one line), never an AttributeError deep in a step.
+def _object(host: str, path: str) -> dict[str, Any]:
+    doc = engine_get(host, path)
+    if not isinstance(doc, dict):
+        raise EngineUnavailable(f"{host}{path}: not a JSON object")
+    return doc
 
 
 def _listed(host: str, path: str) -> list[dict[str, Any]]:

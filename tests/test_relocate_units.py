@@ -639,3 +639,43 @@ def test_the_copy_is_not_removed_while_a_daemon_uses_it(
     with pytest.raises(RefusedError, match=f"refusing to remove the copy at {new}: dockerd"):
         perform(S.RemoveCopy(str(new), marker), Context("r1"))
     assert sorted(os.listdir(new)) == sorted(["overlay2", marker])
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        {"/info": [], "/images/json?all=1": [], "/containers/json": []},
+        {"/info": {"Containers": "3"}, "/images/json?all=1": [], "/containers/json": []},
+        {"/info": {}, "/images/json?all=1": [1], "/containers/json": []},
+        {"/info": {}, "/images/json?all=1": [], "/containers/json": {"a": 1}},
+    ],
+)
+def test_an_engine_api_answer_not_as_written_is_engine_unavailable(
+    answers: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read like the store's files: a named EngineUnavailable (one line, and a step's
+    failure the executor rolls back), never an AttributeError out of a step."""
+    from dockergc import daemon
+    from dockergc.relocate.impl import answers_on
+
+    monkeypatch.setattr(daemon, "engine_get", lambda host, path: answers.get(path, []))
+    with pytest.raises(daemon.EngineUnavailable, match="unix:///x"):
+        daemon.engine_state("unix:///x")
+    if answers["/info"] == []:
+        with pytest.raises(daemon.EngineUnavailable, match="not a JSON object"):
+            daemon.engine_root("unix:///x")
+        assert not answers_on("unix:///x", "/var/lib/docker")
+
+
+def test_running_names_tolerate_odd_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dockergc import daemon
+
+    answers = {
+        "/info": {"DockerRootDir": "/r", "Containers": 2},
+        "/containers/json": [{"Names": None}, {"Names": ["/web"]}],
+        "/containers/json?all=1": [{"Id": "a"}, {"Id": "b"}],
+    }
+    monkeypatch.setattr(daemon, "engine_get", lambda host, path: answers.get(path, []))
+    state = daemon.engine_state("unix:///x")
+    assert state.running == ("?", "web") and state.container_ids == {"a", "b"}
+    assert state.containers == 2 and state.root == "/r"
