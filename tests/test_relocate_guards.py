@@ -567,6 +567,16 @@ def test_ctrl_c_during_rollback_finishes_the_undo_and_says_how_to_go_on(
     assert config.read_bytes() == CONFIG
 
 
+def _relocated(tmp_path: Path, fake_engine: tuple[str, Path]) -> tuple[Path, Path, str, Journal]:
+    """A relocation of the fixture root to ``tmp_path/new`` through the CLI, done: its
+    daemon.json, target, run id and journal."""
+    host, config = fake_engine
+    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
+    assert _relocate_cli(host, config, old, new, state).returncode == 0
+    (run_id,) = executor.list_runs_in(state)
+    return config, new, run_id, executor.journal_for(state, run_id)
+
+
 def test_a_rollback_cut_short_after_the_start_never_stops_the_daemon_again(
     tmp_path: Path, fake_engine: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -578,11 +588,7 @@ def test_a_rollback_cut_short_after_the_start_never_stops_the_daemon_again(
     from dockergc.execute.runner import _Stop
     from dockergc.relocate.impl import Context
 
-    host, config = fake_engine
-    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
-    assert _relocate_cli(host, config, old, new, state).returncode == 0
-    (run_id,) = executor.list_runs_in(state)
-    journal = executor.journal_for(state, run_id)
+    config, new, run_id, journal = _relocated(tmp_path, fake_engine)
     commands: list[str] = []
     stop = _Stop()
 
@@ -611,11 +617,7 @@ def test_a_rollback_run_again_starts_a_daemon_stopped_by_hand_since(
     from dockergc.execute.runner import _Stop
     from dockergc.relocate.impl import Context
 
-    host, config = fake_engine
-    old, new, state = _fixture_root(tmp_path), tmp_path / "new", tmp_path / "state"
-    assert _relocate_cli(host, config, old, new, state).returncode == 0
-    (run_id,) = executor.list_runs_in(state)
-    journal = executor.journal_for(state, run_id)
+    config, new, run_id, journal = _relocated(tmp_path, fake_engine)
     commands: list[str] = []
     stop = _Stop()
     down = [False]
